@@ -1,0 +1,1 @@
+"""Course tooling: learner feedback, exercise generation, grading, the `gpulab` command."""
