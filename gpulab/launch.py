@@ -99,6 +99,20 @@ def _arg_key(a):
     return type(a)
 
 
+def _simulator_array(t: torch.Tensor):
+    """The tensor as the simulator's 'device array', sharing memory with it.
+
+    Given a plain NumPy array, the simulator copies it in and out of a contiguous buffer
+    (and refuses strided views); wrapping the view itself avoids both.
+    """
+    view = runtime.as_kernel_array(t)
+    try:
+        from numba.cuda.simulator.cudadrv.devicearray import FakeCUDAArray
+    except ImportError:  # another numba-cuda layout: fall back to the copying path
+        return view
+    return FakeCUDAArray(view)
+
+
 class _Plan:
     """One compiled kernel plus how to fill its parameter buffer."""
 
@@ -189,7 +203,7 @@ class Kernel:
 
     # -- simulator: numba's own path on NumPy views of the tensors
     def _launch_simulated(self, grid, block, shared, args):
-        sim_args = [runtime.as_kernel_array(a) if isinstance(a, torch.Tensor) else a for a in args]
+        sim_args = [_simulator_array(a) if isinstance(a, torch.Tensor) else a for a in args]
         self.dispatcher[grid, block, 0, shared](*sim_args)
 
     # -- GPU: cached plan, parameter buffer, cuLaunchKernel
