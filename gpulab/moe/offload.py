@@ -531,7 +531,7 @@ def run_on_gpu(trace: RoutingTrace, w1_host: torch.Tensor, w2_host: torch.Tensor
             hits = {e for e in counts if cache.lookup(layer, e)}
             res.accesses += len(counts)
             res.hits += len(hits)
-            order = sorted(hits, key=lambda e: -counts[e]) + sorted(needed - hits, key=lambda e: -counts[e])
+            order = sorted(hits, key=lambda e: (-counts[e], e)) + sorted(needed - hits, key=lambda e: (-counts[e], e))
             for e in order:
                 if e not in hits:
                     copy_in(layer, e, needed, "miss")
