@@ -62,8 +62,9 @@ def permutation_problems(topk_idx, num_experts, counts, offsets, sorted_assignme
         problems.append(f"sorted_assignment has {rows.numel()} entries, expected {n}")
         return problems
     rows = rows[:n]
-    seen = torch.bincount(rows.clamp(0, n - 1), minlength=n) if n else torch.zeros(0, dtype=torch.long)
-    bad_values = ((rows < 0) | (rows >= n)).sum()
+    valid = (rows >= 0) & (rows < n)
+    seen = torch.bincount(rows[valid], minlength=n)
+    bad_values = (~valid).sum()
     if bad_values:
         problems.append(f"sorted_assignment holds {int(bad_values)} values outside 0..{n - 1} "
                         "(unwritten rows?)")
