@@ -101,6 +101,7 @@ class Pipeline:
         self.out_channels = self._check_channels()
         self.params = torch.tensor([v for op in self.maps for v in op.params] or [0.0],
                                    dtype=torch.float32).to(runtime.device)
+        self._kernels: dict = {}     # (input dtype, batched) -> compiled kernel, for fast repeat calls
 
     # ------------------------------------------------------------ validation
     def _check_order(self) -> None:
