@@ -140,17 +140,19 @@ def _one_tile_scene(means2d, opacities, conic=(0.5, 0.0, 0.5), colors=None):
 @pytest.mark.parametrize("backend", ["torch", "numba"])
 def test_pixel_centre_and_early_stop_known_answer(backend):
     stages = splat.backend_module(backend)
-    # three opaque Gaussians stacked on pixel (8, 8), centred at its centre (8.5, 8.5):
-    # alpha = 0.99 each; after the first T = 0.01, and 0.01 * 0.01 < 1e-4 stops the pixel
-    # *before* the second is used, so the pixel is 0.99 red + 0.01 * background
-    params, colors, ranges, ids = _one_tile_scene([[8.5, 8.5]] * 3, [1.0, 1.0, 1.0])
+    # three Gaussians stacked on pixel (8, 8), centred at its centre (8.5, 8.5), so alpha =
+    # opacity there: 0.98 (T -> 0.02), 0.99 (0.02 * 0.01 = 2e-4 >= 1e-4: used, T -> 2e-4),
+    # then 0.99 again: 2e-6 < 1e-4 stops the pixel *before* the third is used
+    params, colors, ranges, ids = _one_tile_scene([[8.5, 8.5]] * 3, [0.98, 0.99, 0.99])
     bg = torch.tensor([0.0, 0.0, 1.0], device=DEV)
     image, trans = stages.rasterize_tiles(params, colors, bg, ranges, ids, 16, 16)
-    close(image[8, 8], torch.tensor([0.99, 0.0, 0.01]), atol=1e-6)
-    close(trans[8, 8], torch.tensor(0.01), atol=1e-7)
+    close(image[8, 8], torch.tensor([0.98, 0.02 * 0.99, 2e-4]), atol=1e-6)
+    close(trans[8, 8], torch.tensor(2e-4), atol=1e-8)
     # a neighbour one pixel away sees alpha = 0.99 * exp(-0.5 * 0.5 * 1) for each
-    a = min(0.99, math.exp(-0.25))
-    close(image[8, 9], torch.tensor([a, a * (1 - a), (1 - a) ** 2 * a]) + (1 - a) ** 3 * bg.cpu(), atol=1e-6)
+    e = math.exp(-0.25)
+    a1, a2 = 0.98 * e, 0.99 * e
+    close(image[8, 9], torch.tensor([a1, (1 - a1) * a2, (1 - a1) * (1 - a2) * a2 + (1 - a1) * (1 - a2) ** 2]),
+          atol=1e-6)
 
 
 # ------------------------------------------------------------------ numba vs torch
