@@ -325,7 +325,7 @@ def fused_moe_kernel(x, w1, w2, sorted_assignment, topk_weight, offsets, tile_of
     E = offsets.size - 1
     k = topk_weight.shape[1]
     H = x.shape[1]
-    F = w1.shape[2]
+    F = w1.shape[2]                          # hidden may have more (padding) columns
     row_tiles = tile_offsets[E]
     col_tiles_h = (F + TILE - 1) // TILE     # column tiles of the hidden activations
     col_tiles_y = (H + TILE - 1) // TILE     # column tiles of the output
@@ -528,7 +528,10 @@ def moe_ffn_fused(x, w1, w2, topk_idx, topk_weight, capacity=None, validate: boo
         perm = permute(topk_idx, w1.shape[0], capacity, validate=False)
     _need_tiles(perm)
     dev = x.device
-    hidden = torch.empty(perm.sorted_assignment.numel(), w1.shape[2], dtype=x.dtype, device=dev)
+    # rows padded to 32 floats (128-byte cache lines): no line holds parts of two row tiles,
+    # so a line one block cached from a finished tile can never be a stale copy of another
+    padded = -(-w1.shape[2] // 32) * 32
+    hidden = torch.empty(perm.sorted_assignment.numel(), padded, dtype=x.dtype, device=dev)
     queue = torch.zeros(1, dtype=torch.int32, device=dev)
     tile_done = torch.zeros(perm.tile_group.numel(), dtype=torch.int32, device=dev)
     out = torch.zeros_like(x)
