@@ -72,7 +72,7 @@ def main():
     rows["numba kernel[1, 256], torch tensors each call"] = per_launch_us(lambda: numba_kernel[1, 256](x, out))
     rows["gpulab.kernel[1, 256], torch tensors each call"] = per_launch_us(lambda: fast_kernel[1, 256](x, out))
     stream = torch.cuda.current_stream().cuda_stream
-    rows["gpulab.kernel, explicit stream handle"] = per_launch_us(lambda: fast_kernel[1, 256](x, out, stream=stream))
+    rows["gpulab.kernel[1, 256], explicit stream handle"] = per_launch_us(lambda: fast_kernel[1, 256](x, out, stream=stream))
 
     # where the time goes: the pieces of the slow path and of the fast path, alone
     cfg = numba_kernel[1, 256]
@@ -82,10 +82,15 @@ def main():
         lambda: (cuda.as_cuda_array(x), cuda.as_cuda_array(out)))
     plan = next(iter(fast_kernel._plans.values()))
     drv = gl._driver()
-    rows["  part: bare cuLaunchKernel (params prepared)"] = per_launch_us(
-        lambda: drv.cuLaunchKernel(plan.handle, 1, 1, 1, 256, 1, 1, 0, stream, plan.params_address, 0))
+    rows["  part: cuLaunchKernel via cuda-python (params prepared)"] = per_launch_us(
+        lambda: drv.cuLaunchKernel(drv.CUfunction(plan.handle), 1, 1, 1, 256, 1, 1, 0, stream,
+                                   plan.params_address, 0))
+    launch_c = gl._launch_function()
+    rows["  part: cuLaunchKernel via ctypes (params prepared)"] = per_launch_us(
+        lambda: launch_c(plan.handle, 1, 1, 1, 256, 1, 1, 0, stream, plan.params_address, None))
     rows["  part: torch.cuda.current_stream().cuda_stream"] = per_launch_us(
         lambda: torch.cuda.current_stream().cuda_stream)
+    rows["  part: raw current stream (gpulab)"] = per_launch_us(gl._current_stream)
     rows["  part: pack 2 tensors into the parameter buffer"] = per_launch_us(
         lambda: plan.slots.__setitem__(slice(None), [*plan.packers[0](x), *plan.packers[1](out)]))
     del cfg

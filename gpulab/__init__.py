@@ -15,7 +15,7 @@ from . import runtime  # noqa: F401  (first: it configures numba before anyone i
 from .runtime import (MODE, ON_GPU, SIMULATOR, device, pick, preset, register_preset, presets,
                       as_kernel_array, empty, zeros, randn, rand, synchronize, ModeError)
 from .launch import kernel, Kernel, LaunchError
-from .harness import (check, CheckReport, CheckFailed, tolerance, bench, Timing, reference,
+from .harness import (check, CheckReport, CheckFailed, tolerance, bench, Timing, reference, forbid_calls,
                       ReferenceCalledError)
 from .peaks import machine_peaks, roofline
 

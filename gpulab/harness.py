@@ -32,7 +32,7 @@ from . import runtime
 
 __all__ = [
     "check", "CheckReport", "CheckFailed", "tolerance", "bench", "Timing", "reference",
-    "ReferenceCalledError", "candidate_running",
+    "ReferenceCalledError", "candidate_running", "forbid_calls", "ForbiddenCallError",
 ]
 
 
@@ -88,6 +88,34 @@ def candidate_running(name: str):
         yield
     finally:
         _candidate_running.reset(token)
+
+
+class ForbiddenCallError(AssertionError):
+    """A candidate used a library routine that the task asked it to compute itself."""
+
+
+@contextlib.contextmanager
+def forbid_calls(targets, why: str = "compute it with your own kernel"):
+    """Make ``obj.attr`` raise :class:`ForbiddenCallError` inside the block.
+
+    ``targets`` is a list of ``(obj, "attr")`` pairs, e.g. ``[(torch, "sum"),
+    (torch.Tensor, "sum")]``; the originals are restored on exit, also after an error.
+    """
+    saved = []
+    try:
+        for obj, attr in targets:
+            original = getattr(obj, attr)
+            saved.append((obj, attr, original))
+            label = f"{getattr(obj, '__name__', type(obj).__name__)}.{attr}"
+
+            def blocked(*args, _label=label, **kwargs):
+                raise ForbiddenCallError(f"the answer called {_label}: {why}")
+
+            setattr(obj, attr, blocked)
+        yield
+    finally:
+        for obj, attr, original in reversed(saved):
+            setattr(obj, attr, original)
 
 
 # ------------------------------------------------------------------------- check
@@ -222,7 +250,7 @@ def check(candidate: Callable, reference_fn: Callable, make_inputs: Callable,
                     else:
                         outs = _as_tuple(candidate(*inputs))
                 runtime.synchronize()
-            except (ReferenceCalledError, NotImplementedError):
+            except (ReferenceCalledError, ForbiddenCallError, NotImplementedError):
                 raise  # a cheat or an unfinished stub: say so plainly, not as a wrong case
             except Exception as exc:  # a crash is a failed case, reported with its cause
                 report.mismatches.append(Mismatch(size, trial, 0, f"raised {type(exc).__name__}: {exc}"))
@@ -296,10 +324,13 @@ def bench(fn: Callable, *args, warmup: int = 5, reps: int | None = None, name: s
     On a GPU each run sits between two CUDA events on the current stream, so only GPU
     time (launch gaps included) counts; ``flush_l2=True`` clears the L2 cache between runs
     so inputs are read from memory as in a real pipeline. Under the simulator it is CPU
-    wall time and says so: simulator times say nothing about a GPU.
+    wall time and says so: simulator times say nothing about a GPU, so there it makes one
+    warm-up run and at most three timed runs.
     ``reps`` defaults to as many runs as fit in ``max_seconds`` (between 5 and 200).
     """
     name = name or getattr(fn, "__name__", "fn")
+    if runtime.SIMULATOR:  # simulated times mean nothing: spend as little as possible on them
+        warmup, reps = min(warmup, 1), min(reps or 3, 3)
     for _ in range(warmup):
         fn(*args, **kwargs)
     runtime.synchronize()

@@ -136,6 +136,16 @@ def test_one_launch_per_chain_and_cache_per_signature(launches):
     assert a.kernel(torch.float32, batched=True) is not a.kernel()
 
 
+def test_fastmath_is_a_separate_kernel_that_still_matches():
+    precise = fk.Pipeline(*CHAINS["anchors-8"])
+    fast = fk.Pipeline(*CHAINS["anchors-8"], fastmath=True)
+    assert fast.kernel() is not precise.kernel()
+    assert "@kernel(fastmath=True)" in fast.source() and "fastmath" not in precise.source()
+    assert fast.source().count("fastmath=True") == fast.source().count("@cuda.jit") + 1
+    gpulab.check(fast, precise.reference, _flat_inputs(), sizes=(TILE + 3,), trials=1, writes_outputs=False,
+                 rtol=1e-4, atol=1e-5)
+
+
 def test_generated_source_is_one_readable_kernel():
     pipe = fk.Pipeline(fk.affine(2.0, -1.0), fk.relu(), fk.reduce_sum())
     src = pipe.source()
@@ -267,6 +277,9 @@ def test_gpu_every_op_compiles_and_matches_at_size():
     for pipe in chains:
         gpulab.check(pipe, pipe.reference, _flat_inputs(pipe.channels, scale=1.0), sizes=(n,), trials=2,
                      writes_outputs=False, rtol=1e-5, atol=1e-5)
+    fast = fk.Pipeline(*CHAINS["anchors-8"] * 2, fastmath=True)
+    gpulab.check(fast, fast.reference, _flat_inputs(), sizes=(n,), trials=2, writes_outputs=False,
+                 rtol=1e-4, atol=1e-5)
     u8 = fk.Pipeline(fk.to_float32(), fk.mul(2.0), fk.add(-100.0), fk.to_uint8(), channels=3)
     x = torch.randint(0, 256, (n, 3), dtype=torch.uint8, device=gpulab.device)
     assert torch.equal(u8(x), u8.reference(x))

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import contextlib
 
-from ..harness import CheckFailed, ReferenceCalledError
+from ..harness import CheckFailed, ForbiddenCallError, ReferenceCalledError
 
 __all__ = ["TaskFailed", "task", "require", "passed", "is_kernel"]
 
@@ -45,7 +45,7 @@ def task(title: str, success: str = "passed"):
         raise TaskFailed(f"❌ {title}: {msg}") from None
     except NotImplementedError as exc:
         raise TaskFailed(f"❌ {title}: not done yet ({exc or 'the stub still raises NotImplementedError'})") from None
-    except ReferenceCalledError as exc:
+    except (ReferenceCalledError, ForbiddenCallError) as exc:
         raise TaskFailed(f"❌ {title}: {exc}") from None
     except CheckFailed as exc:
         raise TaskFailed(f"❌ {title}: {str(exc).removeprefix('❌ ')}") from None

@@ -34,6 +34,8 @@ TASK_GRID = runtime.pick(2, 264)
 
 MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 _SIZES = runtime.pick((1, 7, 4 * BLOCK + 5), (1, 1000, 3_000_001))
+#: the instructor's hidden tests: other awkward sizes, more trials
+_HIDDEN_SIZES = runtime.pick((2, BLOCK + 1, 9 * BLOCK - 1), (3, 65_537, 10_000_019))
 
 
 def _source(kernel) -> str:
@@ -56,7 +58,7 @@ def task1_preprocess(image: torch.Tensor) -> torch.Tensor:
     return torch.relu(x)
 
 
-def check_task1(pipe) -> None:
+def check_task1(pipe, hidden: bool = False) -> None:
     with task("Task 1: compose the preprocessing as one fused pipeline"):
         require(isinstance(pipe, Pipeline), f"pass a gpulab.fusion.Pipeline, got {type(pipe).__name__}")
         require(pipe.channels == 3, f"the images are RGB: build the pipeline with channels=3 (got {pipe.channels})")
@@ -65,7 +67,7 @@ def check_task1(pipe) -> None:
         def make(size, gen):
             return torch.randint(0, 256, (48, 64, 3), generator=gen, dtype=torch.uint8)
 
-        check(pipe, task1_preprocess, make, sizes=(0,), trials=2, writes_outputs=False,
+        check(pipe, task1_preprocess, make, sizes=(0,), trials=4 if hidden else 2, writes_outputs=False,
               rtol=1e-4, atol=1e-4, name="your pipeline")
 
 
@@ -84,14 +86,15 @@ def _random_vector(size, gen):
     return (torch.rand(size, generator=gen) - 0.5) * 8
 
 
-def check_task2(kernel) -> None:
+def check_task2(kernel, hidden: bool = False) -> None:
     with task("Task 2: fuse the chain by hand"):
         require(is_kernel(kernel), "pass the kernel itself, decorated with @gpulab.kernel")
 
         def run(x, out):
             kernel[TASK_GRID, TASK_BLOCK](x, out)
 
-        check(run, task2_reference, _random_vector, sizes=_SIZES, trials=2, name="your fused kernel")
+        check(run, task2_reference, _random_vector, sizes=_HIDDEN_SIZES if hidden else _SIZES, trials=2,
+              name="your fused kernel")
 
 
 # ------------------------------------------------------------------------ task 3
@@ -102,7 +105,7 @@ def task3_reference(x: torch.Tensor) -> torch.Tensor:
     return torch.square(torch.relu(x - 0.5)).sum().reshape(1)
 
 
-def check_task3(kernel) -> None:
+def check_task3(kernel, hidden: bool = False) -> None:
     with task("Task 3: fuse the final reduction"):
         require(is_kernel(kernel), "pass the kernel itself, decorated with @gpulab.kernel")
         src = _source(kernel)
@@ -119,7 +122,8 @@ def check_task3(kernel) -> None:
             kernel[TASK_GRID, TASK_BLOCK](x, out)
             return out
 
-        check(run, task3_reference, _random_vector, sizes=_SIZES, trials=2, writes_outputs=False,
+        check(run, task3_reference, _random_vector, sizes=_HIDDEN_SIZES if hidden else _SIZES, trials=2,
+              writes_outputs=False,
               rtol=1e-4, atol=1e-4, name="your fused reduction")
 
 
@@ -152,7 +156,7 @@ def task4_reference(flat: torch.Tensor, offsets: torch.Tensor, gains: torch.Tens
     return out
 
 
-def check_task4(kernel) -> None:
+def check_task4(kernel, hidden: bool = False) -> None:
     with task("Task 4: fuse a batch of differently sized items into one launch"):
         require(is_kernel(kernel), "pass the kernel itself, decorated with @gpulab.kernel")
 
@@ -163,5 +167,6 @@ def check_task4(kernel) -> None:
         def make(n_items, gen):
             return make_batch(n_items, gen)
 
-        check(run, task4_reference, make, sizes=runtime.pick((1, 3, 5), (1, 32, 256)), trials=2,
+        sizes = runtime.pick((2, 7), (3, 100)) if hidden else runtime.pick((1, 3, 5), (1, 32, 256))
+        check(run, task4_reference, make, sizes=sizes, trials=2,
               name="your batched kernel")

@@ -56,6 +56,7 @@ class ChainSpec:
     channels: int         # channels of the input pixels
     in_dtype: str         # "float32" or "uint8"
     batched: bool         # one item per launch (grid-stride) or a batch (tile table)
+    fastmath: bool        # approximate exp and division, flush denormals (numba's fastmath)
 
 
 # ----------------------------------------------------------------- naming
@@ -271,8 +272,13 @@ def kernel_name(ops: list[Op], batched: bool) -> str:
     return "fused_" + "_".join(names)[:80] + ("_batch" if batched else "")
 
 
-def generate_source(ops: list[Op], channels: int, in_dtype: torch.dtype, batched: bool) -> str:
-    """The Python source of the fused kernel for ``ops`` (already validated by the pipeline)."""
+def generate_source(ops: list[Op], channels: int, in_dtype: torch.dtype, batched: bool,
+                    fastmath: bool = False) -> str:
+    """The Python source of the fused kernel for ``ops`` (already validated by the pipeline).
+
+    ``fastmath=True`` compiles with numba's fastmath: approximate ``exp`` and division and
+    flushed denormals, a few times fewer instructions for ``sigmoid``/``tanh`` (results then
+    differ from torch by a few ulps more)."""
     reads = [op for op in ops if op.kind == "read"]
     maps = [op for op in ops if op.kind == "map"]
     reduction = next((op.name for op in ops if op.kind == "reduce"), None)
@@ -300,7 +306,11 @@ def generate_source(ops: list[Op], channels: int, in_dtype: torch.dtype, batched
     else:
         pieces += [_store_src(out_channels), _MAP_TILE]
     pieces.append(_kernel_src(kernel_name(ops, batched), reduction, batched, out_channels))
-    return "\n\n\n".join(pieces) + "\n"
+    source = "\n\n\n".join(pieces) + "\n"
+    if fastmath:
+        source = (source.replace("@cuda.jit(device=True)", "@cuda.jit(device=True, fastmath=True)")
+                  .replace("\n@kernel\n", "\n@kernel(fastmath=True)\n"))
+    return source
 
 
 # ------------------------------------------------------------ compile + cache
@@ -319,14 +329,15 @@ def _namespace() -> dict:
     return ns
 
 
-def compiled_kernel(ops: list[Op], channels: int, in_dtype: torch.dtype, batched: bool):
+def compiled_kernel(ops: list[Op], channels: int, in_dtype: torch.dtype, batched: bool,
+                    fastmath: bool = False):
     """The gpulab kernel for this chain, generated and ``exec``-ed on first use, then cached."""
-    key = ChainSpec(tuple(op.key() for op in ops), channels, str(in_dtype), batched)
+    key = ChainSpec(tuple(op.key() for op in ops), channels, str(in_dtype), batched, bool(fastmath))
     found = _CACHE.get(key)
     if found is not None:
         _STATS["hits"] += 1
         return found
-    source = generate_source(ops, channels, in_dtype, batched)
+    source = generate_source(ops, channels, in_dtype, batched, fastmath)
     # register the text under a made-up file name so inspect.getsource, tracebacks and
     # numba's error messages can show the generated lines
     filename = f"<gpulab.fusion kernel {next(_counter)}>"

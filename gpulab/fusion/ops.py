@@ -62,7 +62,7 @@ class Op:
     out_dtype: torch.dtype | None = None  # None: keeps the value's dtype
     emit: Callable | None = field(default=None, compare=False, repr=False)
     torch_fn: Callable | None = field(default=None, compare=False, repr=False)
-    flops: int = 0                      # floating-point operations per channel (for the roofline)
+    flops: int = 0                      # FP32 instructions per channel, roughly (for the roofline)
     label: str = ""
 
     def key(self) -> tuple:
@@ -137,12 +137,12 @@ def leaky_relu(slope: float = 0.01) -> Op:
 def sigmoid() -> Op:
     """``1 / (1 + exp(-x))``: an exponential and a division, about 20 instructions on a GPU."""
     return _map("sigmoid", "float32(1.0) / (float32(1.0) + math.exp(-{x}))",
-                lambda x, p: torch.sigmoid(x), flops=4)
+                lambda x, p: torch.sigmoid(x), flops=20)
 
 
 def tanh() -> Op:
-    """``tanh(x)``."""
-    return _map("tanh", "math.tanh({x})", lambda x, p: torch.tanh(x), flops=4)
+    """``tanh(x)``: about 20 instructions, like sigmoid."""
+    return _map("tanh", "math.tanh({x})", lambda x, p: torch.tanh(x), flops=20)
 
 
 def clamp(low: float, high: float) -> Op:

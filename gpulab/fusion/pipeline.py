@@ -81,9 +81,13 @@ class Batch:
 
 
 class Pipeline:
-    """A chain of :mod:`gpulab.fusion.ops` operations with ``channels`` input channels."""
+    """A chain of :mod:`gpulab.fusion.ops` operations with ``channels`` input channels.
 
-    def __init__(self, *ops: Op, channels: int = 1):
+    ``fastmath=True`` compiles the fused kernel with approximate ``exp`` and division (fewer
+    instructions for chains heavy in ``sigmoid``/``tanh``; slightly larger rounding errors).
+    """
+
+    def __init__(self, *ops: Op, channels: int = 1, fastmath: bool = False):
         if len(ops) == 1 and isinstance(ops[0], (list, tuple)):
             ops = tuple(ops[0])
         if not isinstance(channels, int) or channels < 1:
@@ -94,6 +98,7 @@ class Pipeline:
                                 "gpulab.fusion's functions, e.g. fk.relu() (note the parentheses)")
         self.ops = tuple(ops)
         self.channels = channels
+        self.fastmath = bool(fastmath)
         self.reads = [op for op in ops if op.kind == "read"]
         self.maps = [op for op in ops if op.kind == "map"]
         self.reduction = next((op for op in ops if op.kind == "reduce"), None)
@@ -300,7 +305,7 @@ class Pipeline:
 
     def __repr__(self) -> str:
         chain = " -> ".join(repr(op) for op in self.ops) or "(empty: a copy)"
-        return f"Pipeline({chain}, channels={self.channels})"
+        return f"Pipeline({chain}, channels={self.channels}{', fastmath=True' if self.fastmath else ''})"
 
     def __len__(self) -> int:
         return len(self.ops)
