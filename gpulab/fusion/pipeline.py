@@ -193,8 +193,12 @@ class Pipeline:
     # ------------------------------------------------------------ running
     def kernel(self, in_dtype: torch.dtype = torch.float32, batched: bool = False):
         """The compiled fused kernel (a :class:`gpulab.Kernel`) for inputs of ``in_dtype``."""
-        self.output_dtype(in_dtype)
-        return codegen.compiled_kernel(list(self.ops), self.channels, in_dtype, batched)
+        fused = self._kernels.get((in_dtype, batched))
+        if fused is None:   # first use: validate, then fetch from (or add to) the global cache
+            self.output_dtype(in_dtype)
+            fused = codegen.compiled_kernel(list(self.ops), self.channels, in_dtype, batched, self.fastmath)
+            self._kernels[(in_dtype, batched)] = fused
+        return fused
 
     def source(self, in_dtype: torch.dtype = torch.float32, batched: bool = False) -> str:
         """The generated Python source of the fused kernel."""
