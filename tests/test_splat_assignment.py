@@ -160,6 +160,7 @@ COMPOSITE_BUGS = {
          ("        T = test_T\n", "        T = test_T\n        if test_T < 1e-4:\n            break\n")],
         "used before stopping"),
     "last column never written (off by one at the border)": ([("if x >= width or", "if x >= width - 1 or")], "never written"),
+    "writes past the right edge (bounds off by one)": ([("if x >= width or", "if x > width or")], "outside the image|IndexError"),
 }
 
 

@@ -243,12 +243,20 @@ def check_task3(composite_kernel, seed: int | None = None) -> None:
         for case, (height, width, crafted) in enumerate(((16, 24, True), (20, 18, False))):
             inputs = task3_scene(height, width, gen, crafted=crafted)
             ref_img, ref_t = reference_composite(*inputs, height, width)
-            image = torch.full((height, width, 3), float("nan"), device=DEV)
-            trans = torch.full((height, width), float("nan"), device=DEV)
+            # outputs are windows of larger NaN buffers: a write past the image's edge lands
+            # in the frame and is caught (on a GPU it would otherwise corrupt memory silently)
+            image_buf = torch.full((height + 2, width + 2, 3), float("nan"), device=DEV)
+            trans_buf = torch.full((height + 2, width + 2), float("nan"), device=DEV)
+            image, trans = image_buf[1:-1, 1:-1], trans_buf[1:-1, 1:-1]
             tiles_x, tiles_y = T.tile_grid(width, height)
             with candidate_running("composite_kernel"):
                 composite_kernel[(tiles_x, tiles_y), (TILE, TILE)](*inputs, image, trans)
             runtime.synchronize()
+            frame = torch.ones(height + 2, width + 2, dtype=torch.bool, device=DEV)
+            frame[1:-1, 1:-1] = False
+            require(bool(torch.isnan(trans_buf[frame]).all() and torch.isnan(image_buf[frame]).all()),
+                    f"{height}x{width} image: the kernel wrote outside the image; threads of a partial "
+                    "tile whose pixel lies past the right or bottom edge must not write")
             problems = [p for p in (compare(image, ref_img, 1e-4, 1e-5)[0],
                                     compare(trans, ref_t, 1e-4, 1e-6)[0]) if p]
             if problems:
