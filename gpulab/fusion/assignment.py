@@ -108,6 +108,15 @@ def task3_reference(x: torch.Tensor) -> torch.Tensor:
 def check_task3(kernel, hidden: bool = False) -> None:
     with task("Task 3: fuse the final reduction"):
         require(is_kernel(kernel), "pass the kernel itself, decorated with @gpulab.kernel")
+
+        def run(x):
+            out = torch.zeros(1, dtype=torch.float32, device=x.device)
+            kernel[TASK_GRID, TASK_BLOCK](x, out)
+            return out
+
+        check(run, task3_reference, _random_vector, sizes=_HIDDEN_SIZES if hidden else _SIZES, trials=2,
+              writes_outputs=False, rtol=1e-4, atol=1e-4, name="your fused reduction")
+        # races the simulator cannot show (it runs one block at a time): read the source
         src = _source(kernel)
         if src:
             require("cuda.atomic" in src,
@@ -116,15 +125,6 @@ def check_task3(kernel, hidden: bool = False) -> None:
             require("shared" not in src or "syncthreads" in src,
                     "you use shared memory but never call cuda.syncthreads(): a thread may read a "
                     "neighbour's slot before it is written")
-
-        def run(x):
-            out = torch.zeros(1, dtype=torch.float32, device=x.device)
-            kernel[TASK_GRID, TASK_BLOCK](x, out)
-            return out
-
-        check(run, task3_reference, _random_vector, sizes=_HIDDEN_SIZES if hidden else _SIZES, trials=2,
-              writes_outputs=False,
-              rtol=1e-4, atol=1e-4, name="your fused reduction")
 
 
 # ------------------------------------------------------------------------ task 4
