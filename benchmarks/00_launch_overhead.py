@@ -83,16 +83,19 @@ def main():
     plan = next(iter(fast_kernel._plans.values()))
     drv = gl._driver()
     rows["  part: cuLaunchKernel via cuda-python (params prepared)"] = per_launch_us(
-        lambda: drv.cuLaunchKernel(drv.CUfunction(plan.handle), 1, 1, 1, 256, 1, 1, 0, stream,
-                                   plan.params_address, 0))
-    launch_c = gl._launch_function()
+        lambda: drv.cuLaunchKernel(plan.handle, 1, 1, 1, 256, 1, 1, 0, stream, plan.params_address, 0))
+    import ctypes
+    launch_c = ctypes.CDLL("libcuda.so.1").cuLaunchKernel
+    launch_c.argtypes = [ctypes.c_void_p] + [ctypes.c_uint] * 7 + [ctypes.c_void_p] * 3
+    handle = int(plan.handle)
     rows["  part: cuLaunchKernel via ctypes (params prepared)"] = per_launch_us(
-        lambda: launch_c(plan.handle, 1, 1, 1, 256, 1, 1, 0, stream, plan.params_address, None))
+        lambda: launch_c(handle, 1, 1, 1, 256, 1, 1, 0, stream, plan.params_address, None))
     rows["  part: torch.cuda.current_stream().cuda_stream"] = per_launch_us(
         lambda: torch.cuda.current_stream().cuda_stream)
     rows["  part: raw current stream (gpulab)"] = per_launch_us(gl._current_stream)
     rows["  part: pack 2 tensors into the parameter buffer"] = per_launch_us(
-        lambda: plan.slots.__setitem__(slice(None), [*plan.packers[0](x), *plan.packers[1](out)]))
+        lambda: plan.slots.__setitem__(slice(None), plan.pack(x, out)))
+    rows["  part: kernel[1, 256] (configured launcher lookup)"] = per_launch_us(lambda: fast_kernel[1, 256])
     del cfg
 
     props = torch.cuda.get_device_properties(0)

@@ -71,29 +71,23 @@ def _float64_bits(x: float) -> int:
 
 
 # ------------------------------------------------------------------ argument packing
-# A "packer" turns one Python argument into the integers of its parameter slots.
-
-def _tensor_packer(ndim: int):
-    def pack(t):
-        # meminfo, parent, nitems, itemsize, data, shape..., strides in bytes...
-        size = t.element_size()
-        return (0, 0, t.numel(), size, t.data_ptr(), *t.shape, *(s * size for s in t.stride()))
-    return pack
-
+# An array argument fills: meminfo, parent, nitems, itemsize, data, shape..., strides
+# (in bytes)...; a scalar fills one slot with its bits.
 
 def _device_array_packer(a):
     return (0, 0, a.size, a.dtype.itemsize, a.device_ctypes_pointer.value or 0,
             *a.shape, *a.strides)
 
 
-def _scalar_packer(numba_type):
+def _scalar_converter(numba_type) -> str | None:
+    """Name of the function that turns a scalar of this numba type into its slot's bits."""
     name = str(numba_type)
     if name == "float32":
-        return lambda x: (_float32_bits(x),)
+        return "_f32"
     if name == "float64":
-        return lambda x: (_float64_bits(x),)
+        return "_f64"
     if name.startswith(("int", "uint")) or name == "bool":
-        return lambda x: (int(x),)
+        return "int"
     return None
 
 
@@ -120,12 +114,40 @@ def _simulator_array(t: torch.Tensor):
     return FakeCUDAArray(view)
 
 
+def _make_pack_function(kinds: list[str], ndims: list[int]):
+    """A function ``pack(*args) -> tuple of parameter slots`` for one argument list.
+
+    Generated once per launch plan, so a launch does no per-argument dispatch: for a
+    float32 vector and a float scalar it is, in effect,
+    ``lambda a0, a1: (0, 0, a0.numel(), a0.element_size(), a0.data_ptr(), a0.shape[0],
+    a0.stride(0) * a0.element_size(), _f32(a1))``.
+    """
+    parts = []
+    for i, (kind, ndim) in enumerate(zip(kinds, ndims)):
+        a = f"a{i}"
+        if kind == "tensor":
+            size = f"{a}.element_size()"
+            shape = [f"{a}.shape[{d}]" for d in range(ndim)]
+            strides = [f"{a}.stride({d}) * {size}" for d in range(ndim)]
+            parts += ["0", "0", f"{a}.numel()", size, f"{a}.data_ptr()", *shape, *strides]
+        elif kind == "device_array":
+            parts.append(f"*_device_array_packer({a})")
+        else:  # a scalar: kind names its converter
+            parts.append(f"{kind}({a})")
+    names = ", ".join(f"a{i}" for i in range(len(kinds)))
+    source = f"def pack({names}):\n    return ({', '.join(parts)},)\n"
+    scope = {"_f32": _float32_bits, "_f64": _float64_bits, "int": int,
+             "_device_array_packer": _device_array_packer}
+    exec(compile(source, "<gpulab launch plan>", "exec"), scope)
+    return scope["pack"]
+
+
 class _Plan:
     """One compiled kernel plus how to fill its parameter buffer."""
 
-    def __init__(self, handle, packers, nslots):
+    def __init__(self, handle, pack, nslots):
         self.handle = handle
-        self.packers = packers
+        self.pack = pack
         self.slots = (ctypes.c_int64 * nslots)()
         base = ctypes.addressof(self.slots)
         self.pointers = (ctypes.c_void_p * nslots)(*(base + 8 * i for i in range(nslots)))
@@ -140,25 +162,6 @@ def _driver():
     return driver
 
 
-_libcuda = None
-
-
-def _launch_function():
-    """``cuLaunchKernel`` from the driver library through ctypes.
-
-    The cuda-python binding checks and converts every argument (about 4.5 us a call on an
-    H200 host); a ctypes call with fixed argument types costs about a third of that.
-    """
-    global _libcuda
-    if _libcuda is None:
-        lib = ctypes.CDLL("libcuda.so.1")
-        fn = lib.cuLaunchKernel
-        fn.argtypes = [ctypes.c_void_p] + [ctypes.c_uint] * 7 + [ctypes.c_void_p] * 3
-        fn.restype = ctypes.c_int
-        _libcuda = fn
-    return _libcuda
-
-
 def _current_stream() -> int:
     """torch's current CUDA stream as a raw handle (what torch.compile's kernels use)."""
     get_raw = getattr(torch._C, "_cuda_getCurrentRawStream", None)
@@ -167,8 +170,8 @@ def _current_stream() -> int:
     return torch.cuda.current_stream().cuda_stream
 
 
-def _function_handle(compiled) -> int:
-    """The CUfunction of a numba-compiled kernel as an address, across numba-cuda versions."""
+def _function_handle(compiled):
+    """The CUfunction of a numba-compiled kernel, across numba-cuda versions."""
     cufunc = compiled._codelibrary.get_cufunc()
     for getter in (lambda f: f.handle, lambda f: f.kernel._handle, lambda f: f.kernel.handle):
         try:
@@ -177,7 +180,7 @@ def _function_handle(compiled) -> int:
             continue
         if handle is not None:
             # a CUkernel (library-loaded) may be passed where a CUfunction is expected
-            return int(handle)
+            return _driver().CUfunction(int(handle))
     raise LaunchError("could not find the CUDA function handle of a compiled numba kernel")
 
 
@@ -197,11 +200,26 @@ class Kernel:
         self.jit_options = jit_options
         self.dispatcher = cuda.jit(**jit_options)(py_func)
         self._plans: dict = {}
+        self._configs: dict = {}
         self.__name__ = py_func.__name__
         self.__doc__ = py_func.__doc__
 
     # numba syntax: kernel[grid, block] or kernel[grid, block, shared_bytes]
     def __getitem__(self, config):
+        try:
+            return self._configs[config]  # the same launch shape again: no re-validation
+        except (KeyError, TypeError):
+            pass
+        configured = self._configure(config)
+        if len(self._configs) > 4096:  # many distinct grids: keep the cache bounded
+            self._configs.clear()
+        try:
+            self._configs[config] = configured
+        except TypeError:  # an unhashable config (a list): just don't cache it
+            pass
+        return configured
+
+    def _configure(self, config):
         if not isinstance(config, tuple) or len(config) not in (2, 3, 4):
             raise LaunchError(
                 f"launch {self.__name__} as kernel[grid, block](...) or "
@@ -244,14 +262,11 @@ class Kernel:
         plan = self._plans.get(key)
         if plan is None:
             plan = self._plans[key] = self._make_plan(args)
-        values = []
-        for pack, a in zip(plan.packers, args):
-            values.extend(pack(a))
-        plan.slots[:] = values
+        plan.slots[:] = plan.pack(*args)
         if stream is None:
             stream = _current_stream()
-        err = _launch_function()(plan.handle, grid[0], grid[1], grid[2], block[0], block[1],
-                                 block[2], shared, stream, plan.params_address, None)
+        (err,) = _driver().cuLaunchKernel(plan.handle, grid[0], grid[1], grid[2], block[0], block[1],
+                                          block[2], shared, stream, plan.params_address, 0)
         if err != 0:
             raise LaunchError(f"cuLaunchKernel failed for {self.__name__} with CUDA error {err} "
                               f"(grid={grid}, block={block}, shared={shared} bytes)")
@@ -259,29 +274,32 @@ class Kernel:
     def _make_plan(self, args) -> _Plan:
         from numba import cuda
 
-        numba_types, packers = [], []
+        numba_types, kinds, ndims = [], [], []
         for i, a in enumerate(args):
             if isinstance(a, torch.Tensor):
                 view = runtime.as_kernel_array(a)  # checks the device
                 numba_types.append(self.dispatcher.typeof_pyval(view))
-                packers.append(_tensor_packer(a.dim()))
+                kinds.append("tensor")
+                ndims.append(a.dim())
             elif cuda.is_cuda_array(a) and hasattr(a, "device_ctypes_pointer"):
                 numba_types.append(self.dispatcher.typeof_pyval(a))
-                packers.append(_device_array_packer)
+                kinds.append("device_array")
+                ndims.append(a.ndim)
             else:
                 ty = self.dispatcher.typeof_pyval(a)
-                pack = _scalar_packer(ty)
-                if pack is None:
+                converter = _scalar_converter(ty)
+                if converter is None:
                     raise LaunchError(
                         f"argument {i} of {self.__name__} has type {type(a).__name__} "
                         f"(numba type {ty}); the fast launcher takes tensors, device "
                         "arrays, ints, floats and bools"
                     )
                 numba_types.append(ty)
-                packers.append(pack)
+                kinds.append(converter)
+                ndims.append(0)
         compiled = self.dispatcher.compile(tuple(numba_types))
-        nslots = sum(len(p(a)) for p, a in zip(packers, args))
-        return _Plan(_function_handle(compiled), packers, nslots)
+        pack = _make_pack_function(kinds, ndims)
+        return _Plan(_function_handle(compiled), pack, len(pack(*args)))
 
 
 class _Configured:
