@@ -10,14 +10,19 @@ __all__ = ["show_source", "thread_grid_figure", "timing_figure", "roofline_figur
 
 
 def show_source(obj) -> None:
-    """Display the source of a function, class or gpulab kernel, syntax-highlighted."""
+    """Display the source of a function, class or gpulab kernel, syntax-highlighted.
+
+    A string is shown as it is (for generated code, such as a fused kernel's source).
+    """
     from IPython.display import HTML, display
     from pygments import highlight
     from pygments.formatters import HtmlFormatter
     from pygments.lexers import PythonLexer
 
-    py = getattr(obj, "py_func", obj)
-    source = textwrap.dedent(inspect.getsource(py))
+    if isinstance(obj, str):
+        source = obj
+    else:
+        source = textwrap.dedent(inspect.getsource(getattr(obj, "py_func", obj)))
     formatter = HtmlFormatter(noclasses=True, style="friendly")
     display(HTML(highlight(source, PythonLexer(), formatter)))
 
