@@ -250,13 +250,16 @@ def disc_alpha(params, px, py):
     return torch.where(inside, params[..., 3].clamp_max(0.99), torch.zeros_like(params[..., 3]))
 
 
+_DISC_MAX, _DISC_ZERO = np.float32(0.99), np.float32(0.0)
+
+
 @cuda.jit(device=True)
 def disc_alpha_device(batch, j, px, py):
     dx = batch[j, 0] - px
     dy = batch[j, 1] - py
     if dx * dx + dy * dy <= batch[j, 2] * batch[j, 2]:
-        return min(np.float32(0.99), batch[j, 3])
-    return np.float32(0.0)
+        return min(_DISC_MAX, batch[j, 3])
+    return _DISC_ZERO
 
 
 DISC = splat.Footprint("disc", 4, disc_alpha, disc_alpha_device)

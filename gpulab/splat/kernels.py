@@ -40,6 +40,7 @@ __all__ = [
 BLOCK_1D = 256          # threads per block of the one-thread-per-item kernels
 
 _F0, _F1, _F2 = np.float32(0.0), np.float32(1.0), np.float32(2.0)
+_F3, _F4 = np.float32(3.0), np.float32(4.0)
 _HALF = np.float32(0.5)
 _LOW_PASS = np.float32(LOW_PASS)
 _EIGEN_FLOOR = np.float32(EIGEN_FLOOR)
@@ -236,13 +237,13 @@ def sh_kernel(sh, means, campos, degree, colors):
                  + _C22 * (_F2 * zz - xx - yy) * sh[i, 6, ch] + _C23 * xz * sh[i, 7, ch]
                  + _C24 * (xx - yy) * sh[i, 8, ch])
         if degree > 2:
-            r = (r + _C30 * y * (np.float32(3.0) * xx - yy) * sh[i, 9, ch]
+            r = (r + _C30 * y * (_F3 * xx - yy) * sh[i, 9, ch]
                  + _C31 * xy * z * sh[i, 10, ch]
-                 + _C32 * y * (np.float32(4.0) * zz - xx - yy) * sh[i, 11, ch]
-                 + _C33 * z * (_F2 * zz - np.float32(3.0) * xx - np.float32(3.0) * yy) * sh[i, 12, ch]
-                 + _C34 * x * (np.float32(4.0) * zz - xx - yy) * sh[i, 13, ch]
+                 + _C32 * y * (_F4 * zz - xx - yy) * sh[i, 11, ch]
+                 + _C33 * z * (_F2 * zz - _F3 * xx - _F3 * yy) * sh[i, 12, ch]
+                 + _C34 * x * (_F4 * zz - xx - yy) * sh[i, 13, ch]
                  + _C35 * z * (xx - yy) * sh[i, 14, ch]
-                 + _C36 * x * (xx - np.float32(3.0) * yy) * sh[i, 15, ch])
+                 + _C36 * x * (xx - _F3 * yy) * sh[i, 15, ch])
         colors[i, ch] = max(r + _HALF, _F0)
 
 
