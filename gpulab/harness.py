@@ -152,9 +152,10 @@ class CheckReport:
             return f"❌ {self.name}: no case was run"
         first = self.mismatches[0]
         more = len(self.mismatches) - 1
-        return (f"❌ {self.name}: {len(self.mismatches)} of {self.cases} cases wrong. "
+        wrong_cases = len({(m.size, m.trial) for m in self.mismatches})
+        return (f"❌ {self.name}: {wrong_cases} of {self.cases} cases wrong. "
                 f"First, size {first.size}, trial {first.trial}, output {first.output}: "
-                f"{first.message}" + (f" (and {more} more failing cases)" if more else ""))
+                f"{first.message}" + (f" (and {more} more problems)" if more else ""))
 
     __repr__ = __str__
 
