@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import ctypes
 import inspect
+import re
 import struct
 import textwrap
 
@@ -184,6 +185,27 @@ def _function_handle(compiled):
     raise LaunchError("could not find the CUDA function handle of a compiled numba kernel")
 
 
+_STUB = re.compile(r"# YOUR CODE HERE\s*\n\s*raise NotImplementedError\((.*)\)")
+
+
+def _exercise_stub_message(py_func) -> str | None:
+    """The hint of an exercise stub left in a kernel's body, or None.
+
+    Under the simulator a stub's ``raise NotImplementedError`` raises like Python; a GPU
+    kernel cannot raise, it would just write nothing. So a kernel still holding the stub
+    that ``gpulab exercises`` writes raises at launch instead, on every platform alike.
+    """
+    try:
+        source = inspect.getsource(py_func)
+    except (OSError, TypeError):
+        return None
+    match = _STUB.search(source)
+    if match is None:
+        return None
+    hint = match.group(1).strip()
+    return hint.strip("'\"") or "the kernel is still an exercise stub"
+
+
 class Kernel:
     """A numba.cuda kernel with a fast launch path for torch tensors.
 
@@ -201,6 +223,7 @@ class Kernel:
         self.dispatcher = cuda.jit(**jit_options)(py_func)
         self._plans: dict = {}
         self._configs: dict = {}
+        self._stub = _exercise_stub_message(py_func)
         self.__name__ = py_func.__name__
         self.__doc__ = py_func.__doc__
 
@@ -246,6 +269,8 @@ class Kernel:
         _launches += 1
         if grid[0] * grid[1] * grid[2] == 0:
             return  # an empty problem: nothing to launch (CUDA would refuse a 0 grid)
+        if self._stub is not None and runtime.ON_GPU:
+            raise NotImplementedError(self._stub)
         if runtime.SIMULATOR:
             self._launch_simulated(grid, block, shared, args)
         else:

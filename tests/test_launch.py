@@ -125,3 +125,17 @@ def test_launch_on_a_side_stream():
         affine[32, 128](x, out, 2.0, 0.0)   # picks torch's current stream
     s.synchronize()
     torch.testing.assert_close(out, 2 * x)
+
+
+def test_an_exercise_stub_kernel_raises_not_implemented():
+    def stub(x):
+        i = cuda.grid(1)
+        # YOUR CODE HERE
+        raise NotImplementedError('use cuda.grid(1) and a bounds check')
+
+    k = gpulab.kernel(stub)
+    assert k._stub == "use cuda.grid(1) and a bounds check"
+    with pytest.raises(NotImplementedError, match="bounds check"):
+        k[1, 32](gpulab.zeros(4))
+        gpulab.synchronize()
+    assert affine._stub is None
