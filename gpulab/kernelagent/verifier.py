@@ -33,7 +33,7 @@ from dataclasses import asdict, dataclass, field
 import torch
 
 from .. import runtime
-from ..harness import compare
+from ..harness import compare as _harness_compare
 from .tasks import Task, get_task
 from .timing import plausible
 from .worker import ALLOWED_FOR_KERNELS
@@ -238,6 +238,15 @@ class _Worker:
 
 
 # --------------------------------------------------------------- the verifier
+
+def compare(out, ref, rtol=None, atol=None):
+    """gpulab.harness.compare, but equal infinities count as equal (inf - inf is NaN there)."""
+    if isinstance(out, torch.Tensor) and out.shape == ref.shape and out.is_floating_point():
+        same_inf = torch.isinf(ref) & (out == ref)
+        if bool(same_inf.any()):
+            out, ref = out.masked_fill(same_inf, 0.0), ref.masked_fill(same_inf, 0.0)
+    return _harness_compare(out, ref, rtol, atol)
+
 
 def _same(a: torch.Tensor, b: torch.Tensor) -> bool:
     return a.shape == b.shape and torch.equal(a.nan_to_num(), b.nan_to_num())
