@@ -28,8 +28,8 @@ def _flat_inputs(channels=1, dtype=torch.float32, scale=3.0):
 def _image(h, w, channels, gen, dtype=torch.float32):
     shape = (h, w, channels) if channels > 1 else (h, w)
     if dtype == torch.uint8:
-        return torch.randint(0, 256, shape, generator=gen, dtype=torch.uint8)
-    return torch.rand(shape, generator=gen)
+        return torch.randint(0, 256, shape, generator=gen, dtype=torch.uint8).to(gpulab.device)
+    return torch.rand(shape, generator=gen).to(gpulab.device)
 
 
 @pytest.fixture
@@ -69,7 +69,7 @@ def test_rgb_chains_match_torch():
 
 def test_uint8_in_and_out_is_exact():
     pipe = fk.Pipeline(fk.to_float32(), fk.mul(2.0), fk.add(-100.0), fk.to_uint8(), channels=3)
-    x = torch.randint(0, 256, (37, 3), dtype=torch.uint8)
+    x = torch.randint(0, 256, (37, 3), dtype=torch.uint8).to(gpulab.device)
     y = pipe(x)
     assert y.dtype == torch.uint8 and y.shape == (37, 3)
     assert torch.equal(y, pipe.reference(x))
@@ -78,7 +78,7 @@ def test_uint8_in_and_out_is_exact():
 
 def test_any_shape_and_non_contiguous_input():
     pipe = fk.Pipeline(fk.affine(0.5, 1.0), fk.sigmoid())
-    x = torch.randn(11, 13).t()          # a transposed (non-contiguous) view
+    x = torch.randn(11, 13).to(gpulab.device).t()          # a transposed (non-contiguous) view
     y = pipe(x)
     assert y.shape == (13, 11)
     torch.testing.assert_close(y, torch.sigmoid(x * 0.5 + 1.0), rtol=1e-5, atol=1e-6)
@@ -104,7 +104,7 @@ def test_crop_and_resize_match_torch(channels, dtype):
 def test_resize_then_ops_and_per_call_crop():
     pipe = fk.Pipeline(fk.crop(0, 0, 8, 8), fk.resize(6, 10), fk.normalize(MEAN, STD), fk.rgb_to_gray(),
                        channels=3)
-    x = torch.rand(20, 30, 3)
+    x = torch.rand(20, 30, 3).to(gpulab.device)
     for crop in [(3, 5, 12, 20), (0, 0, 20, 30), (19, 29, 1, 1)]:
         torch.testing.assert_close(pipe(x, crop=crop), pipe.reference(x, crop=crop), rtol=1e-5, atol=1e-4)
 
@@ -118,7 +118,7 @@ def test_reductions_match_torch(reduction):
 
 def test_rgb_reduction_after_resize():
     pipe = fk.Pipeline(fk.crop(1, 1, 10, 12), fk.resize(7, 9), fk.rgb_to_yuv(), fk.reduce_mean(), channels=3)
-    x = torch.rand(12, 15, 3)
+    x = torch.rand(12, 15, 3).to(gpulab.device)
     y = pipe(x)
     assert y.shape == (3,)
     torch.testing.assert_close(y, pipe.reference(x), rtol=1e-4, atol=1e-5)
@@ -127,7 +127,7 @@ def test_rgb_reduction_after_resize():
 def test_one_launch_per_chain_and_cache_per_signature(launches):
     a = fk.Pipeline(fk.affine(2.0, 1.0), fk.relu(), fk.clamp(0.0, 3.0))
     b = fk.Pipeline(fk.affine(-1.0, 0.5), fk.relu(), fk.clamp(-1.0, 1.0))   # same ops, new parameters
-    x = torch.randn(3 * TILE + 1)
+    x = torch.randn(3 * TILE + 1).to(gpulab.device)
     a(x)
     assert launches["n"] == 1, "a chain of three ops must be one kernel launch"
     assert a.kernel() is b.kernel(), "chains that differ only in parameter values share a compiled kernel"
@@ -160,18 +160,18 @@ def test_generated_source_is_one_readable_kernel():
 # ------------------------------------------------------------------ known answers
 
 def test_known_answers():
-    x = torch.tensor([-1.0, 0.0, 0.25, 0.5, 1.0, 3.0])
+    x = torch.tensor([-1.0, 0.0, 0.25, 0.5, 1.0, 3.0], device=gpulab.device)
     y = fk.Pipeline(fk.affine(2.0, -1.0), fk.relu(), fk.clamp(0.0, 2.0))(x)
     assert y.tolist() == [0.0, 0.0, 0.0, 0.0, 1.0, 2.0]
-    red = torch.tensor([[1.0, 0.0, 0.0], [0.0, 1.0, 0.0], [0.0, 0.0, 1.0]])
+    red = torch.tensor([[1.0, 0.0, 0.0], [0.0, 1.0, 0.0], [0.0, 0.0, 1.0]], device=gpulab.device)
     gray = fk.Pipeline(fk.rgb_to_gray(), channels=3)(red)
-    torch.testing.assert_close(gray, torch.tensor(fk.GRAY_WEIGHTS), rtol=0, atol=1e-7)
-    assert fk.Pipeline(fk.reduce_sum())(torch.ones(1000)).item() == 1000.0
-    assert fk.Pipeline(fk.reduce_max())(torch.arange(777.0)).item() == 776.0
-    img = torch.arange(30.0).reshape(5, 6)
+    torch.testing.assert_close(gray.cpu(), torch.tensor(fk.GRAY_WEIGHTS), rtol=0, atol=1e-7)
+    assert fk.Pipeline(fk.reduce_sum())(torch.ones(1000, device=gpulab.device)).item() == 1000.0
+    assert fk.Pipeline(fk.reduce_max())(torch.arange(777.0, device=gpulab.device)).item() == 776.0
+    img = torch.arange(30.0, device=gpulab.device).reshape(5, 6)
     assert torch.equal(fk.Pipeline(fk.crop(1, 2, 3, 2))(img), img[1:4, 2:4])
-    const = fk.Pipeline(fk.resize(7, 3))(torch.full((4, 5), 2.5))
-    assert torch.equal(const, torch.full((7, 3), 2.5))     # interpolating a constant gives it back
+    const = fk.Pipeline(fk.resize(7, 3))(torch.full((4, 5), 2.5, device=gpulab.device))
+    assert torch.equal(const.cpu(), torch.full((7, 3), 2.5))     # interpolating a constant gives it back
     # 2x downscale at align_corners=False averages each 2x2 block
     torch.testing.assert_close(fk.Pipeline(fk.resize(2, 3))(img[:4]),
                                img[:4].reshape(2, 2, 3, 2).mean((1, 3)))
@@ -205,7 +205,7 @@ def test_batch_of_different_sizes_is_one_launch(launches):
 def test_batch_flat_items_and_reduction():
     gen = torch.Generator().manual_seed(4)
     sizes = [1, TILE, TILE + 1, 3, 2 * TILE + 7]
-    items = [torch.randn(n, generator=gen) for n in sizes]
+    items = [torch.randn(n, generator=gen).to(gpulab.device) for n in sizes]
     pipe = fk.Pipeline(fk.affine(0.5, -0.25), fk.sigmoid())
     for out, x in zip(pipe.batch(items), items):
         assert out.shape == x.shape
@@ -214,7 +214,7 @@ def test_batch_flat_items_and_reduction():
     assert summed.shape == (len(items), 1)
     torch.testing.assert_close(summed[:, 0], torch.stack([(x * x).sum() for x in items]), rtol=1e-4, atol=1e-5)
     # an empty item is allowed for maps (it just has no tiles)
-    outs = pipe.batch([torch.empty(0), items[1]])
+    outs = pipe.batch([torch.empty(0, device=gpulab.device), items[1]])
     assert outs[0].shape == (0,) and outs[1].shape == items[1].shape
 
 
@@ -239,12 +239,12 @@ def test_bad_chains_are_refused(build, error, words):
 
 @pytest.mark.parametrize("pipe, x, error, words", [
     (fk.Pipeline(fk.relu()), [1.0, 2.0], TypeError, "torch.Tensor"),
-    (fk.Pipeline(fk.relu()), torch.ones(4, dtype=torch.float64), TypeError, "float32 or uint8"),
-    (fk.Pipeline(fk.relu()), torch.ones(4, dtype=torch.uint8), TypeError, "to_float32"),
-    (fk.Pipeline(fk.rgb_to_gray(), channels=3), torch.ones(4, 4), ValueError, "3 channels"),
-    (fk.Pipeline(fk.crop(0, 0, 2, 2)), torch.ones(8), ValueError, r"shape \(H, W\)"),
-    (fk.Pipeline(fk.crop(3, 0, 2, 2)), torch.ones(4, 4), ValueError, "does not fit"),
-    (fk.Pipeline(fk.reduce_sum()), torch.ones(0), ValueError, "empty"),
+    (fk.Pipeline(fk.relu()), torch.ones(4, dtype=torch.float64, device=gpulab.device), TypeError, "float32 or uint8"),
+    (fk.Pipeline(fk.relu()), torch.ones(4, dtype=torch.uint8, device=gpulab.device), TypeError, "to_float32"),
+    (fk.Pipeline(fk.rgb_to_gray(), channels=3), torch.ones(4, 4, device=gpulab.device), ValueError, "3 channels"),
+    (fk.Pipeline(fk.crop(0, 0, 2, 2)), torch.ones(8, device=gpulab.device), ValueError, r"shape \(H, W\)"),
+    (fk.Pipeline(fk.crop(3, 0, 2, 2)), torch.ones(4, 4, device=gpulab.device), ValueError, "does not fit"),
+    (fk.Pipeline(fk.reduce_sum()), torch.ones(0, device=gpulab.device), ValueError, "empty"),
 ])
 def test_bad_inputs_get_clear_errors(pipe, x, error, words):
     with pytest.raises(error, match=words):
@@ -254,15 +254,16 @@ def test_bad_inputs_get_clear_errors(pipe, x, error, words):
 def test_bad_batches_get_clear_errors():
     pipe = fk.Pipeline(fk.crop(0, 0, 2, 2))
     with pytest.raises(ValueError, match="2 crop rectangles"):
-        pipe.pack([torch.ones(4, 4)], crops=[(0, 0, 1, 1), (0, 0, 1, 1)])
+        pipe.pack([torch.ones(4, 4, device=gpulab.device)], crops=[(0, 0, 1, 1), (0, 0, 1, 1)])
     with pytest.raises(ValueError, match="item 1 .*does not fit|does not fit"):
-        pipe.pack([torch.ones(4, 4), torch.ones(2, 2)], crops=[(0, 0, 3, 3), (0, 0, 3, 3)])
+        pipe.pack([torch.ones(4, 4, device=gpulab.device), torch.ones(2, 2, device=gpulab.device)],
+                  crops=[(0, 0, 3, 3), (0, 0, 3, 3)])
     with pytest.raises(ValueError, match="non-empty list"):
         pipe.pack([])
     with pytest.raises(ValueError, match="no crop"):
-        fk.Pipeline(fk.resize(2, 2))(torch.ones(4, 4), crop=(0, 0, 2, 2))
+        fk.Pipeline(fk.resize(2, 2))(torch.ones(4, 4, device=gpulab.device), crop=(0, 0, 2, 2))
     with pytest.raises(TypeError, match="Batch"):
-        pipe.run_batch([torch.ones(4, 4)])
+        pipe.run_batch([torch.ones(4, 4, device=gpulab.device)])
 
 
 # ------------------------------------------------------------------- GPU only

@@ -65,8 +65,8 @@ def test_projection_known_answer(backend):
                         torch.full((1, 3), s), torch.ones(1), torch.zeros(1, 1, 3)).to(DEV)
     proj = splat.backend_module(backend).project_gaussians(g.means, g.quats, g.scales, cam)
     var = (cam.fx * s / z) ** 2 + 0.3
-    close(proj.means2d[0], torch.tensor([32.0, 24.0]))
-    close(proj.conics[0], torch.tensor([1 / var, 0.0, 1 / var]), rtol=1e-5)
+    close(proj.means2d[0].cpu(), torch.tensor([32.0, 24.0]))
+    close(proj.conics[0].cpu(), torch.tensor([1 / var, 0.0, 1 / var]), rtol=1e-5)
     assert int(proj.radii[0]) == math.ceil(3 * math.sqrt(var + math.sqrt(0.1)))
     assert float(proj.depths[0]) == z
     on_near_plane = splat.Gaussians(torch.tensor([[0.0, 0.0, 0.2]]), g.quats.cpu(), g.scales.cpu(),
@@ -97,10 +97,10 @@ def test_sh_known_answers(backend):
     means = torch.tensor([[0.0, 0.0, 2.0], [0.0, 0.0, -2.0]])
     campos = torch.zeros(3)
     c0 = stages.sh_to_color(sh.to(DEV), means.to(DEV), campos.to(DEV), 0)
-    close(c0[0], torch.tensor([splat.SH_C0 + 0.5, 0.0, 0.5]))
+    close(c0[0].cpu(), torch.tensor([splat.SH_C0 + 0.5, 0.0, 0.5]))
     c1 = stages.sh_to_color(sh.to(DEV), means.to(DEV), campos.to(DEV), 1)
-    close(c1[0], torch.tensor([splat.SH_C0 + 0.5 + splat.SH_C1, 0.0, 0.5 + splat.SH_C1]))
-    close(c1[1], torch.tensor([splat.SH_C0 + 0.5 - splat.SH_C1, 0.0, 0.5 - splat.SH_C1]))
+    close(c1[0].cpu(), torch.tensor([splat.SH_C0 + 0.5 + splat.SH_C1, 0.0, 0.5 + splat.SH_C1]))
+    close(c1[1].cpu(), torch.tensor([splat.SH_C0 + 0.5 - splat.SH_C1, 0.0, 0.5 - splat.SH_C1]))
 
 
 @pytest.mark.parametrize("backend", ["torch", "numba"])
@@ -146,12 +146,12 @@ def test_pixel_centre_and_early_stop_known_answer(backend):
     params, colors, ranges, ids = _one_tile_scene([[8.5, 8.5]] * 3, [0.98, 0.99, 0.99])
     bg = torch.tensor([0.0, 0.0, 1.0], device=DEV)
     image, trans = stages.rasterize_tiles(params, colors, bg, ranges, ids, 16, 16)
-    close(image[8, 8], torch.tensor([0.98, 0.02 * 0.99, 2e-4]), atol=1e-6)
-    close(trans[8, 8], torch.tensor(2e-4), atol=1e-8)
+    close(image[8, 8].cpu(), torch.tensor([0.98, 0.02 * 0.99, 2e-4]), atol=1e-6)
+    close(trans[8, 8].cpu(), torch.tensor(2e-4), atol=1e-8)
     # a neighbour one pixel away sees alpha = 0.99 * exp(-0.5 * 0.5 * 1) for each
     e = math.exp(-0.25)
     a1, a2 = 0.98 * e, 0.99 * e
-    close(image[8, 9], torch.tensor([a1, (1 - a1) * a2, (1 - a1) * (1 - a2) * a2 + (1 - a1) * (1 - a2) ** 2]),
+    close(image[8, 9].cpu(), torch.tensor([a1, (1 - a1) * a2, (1 - a1) * (1 - a2) * a2 + (1 - a1) * (1 - a2) ** 2]),
           atol=1e-6)
 
 
