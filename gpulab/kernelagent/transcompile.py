@@ -1,4 +1,4 @@
-"""CUDA to CPU, the idea of HPCTransCompile (arXiv 2506.10401), for simple index kernels.
+"""CUDA to CPU, the idea of HPCTransCompile, for simple index kernels.
 
 HPCTransCompile builds pairs of CUDA kernels and equivalent CPU code so models can learn to
 translate between them, and checks each pair agrees. The mapping at its core is plain:
