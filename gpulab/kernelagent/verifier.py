@@ -261,8 +261,8 @@ class Verifier:
 
     ``seeds``: how many random cases (at least 5), spread over the task's shapes.
     ``seed``: the first seed (``None``: a fresh random one, so a candidate cannot learn the
-    test inputs). ``time_limit_s`` covers one candidate; ``memory_limit_mb`` is on top of
-    the worker's own memory. ``timing`` (default: on a GPU) times candidate and reference.
+    test inputs). ``time_limit_s`` covers one candidate; ``memory_limit_mb`` (default 2 GB
+    under the simulator, 8 GB on a GPU) is on top of the worker's own memory. ``timing`` (default: on a GPU) times candidate and reference.
     ``extra_checks``: :class:`LoopholeCheck` objects of your own.
 
     One worker serves many candidates (starting one re-imports torch and numba: seconds);
@@ -271,7 +271,7 @@ class Verifier:
     """
 
     def __init__(self, seeds: int = 5, seed: int | None = None, time_limit_s: float = 60.0,
-                 memory_limit_mb: int = 2048, timing: bool | None = None,
+                 memory_limit_mb: int | None = None, timing: bool | None = None,
                  extra_checks=(), startup_timeout_s: float = 180.0, perturb: bool = True):
         if seeds < 5:
             raise ValueError(f"seeds must be at least 5 (KernelBench uses 5 trials), got {seeds}")
@@ -281,6 +281,8 @@ class Verifier:
             if not isinstance(check, LoopholeCheck):
                 raise TypeError(f"extra checks must be LoopholeCheck objects, got {type(check).__name__}")
         self.seeds, self.seed = seeds, seed
+        if memory_limit_mb is None:  # a CUDA context and the compiler libraries need room
+            memory_limit_mb = runtime.pick(sim=2048, gpu=8192)
         self.time_limit_s, self.memory_limit_mb = time_limit_s, memory_limit_mb
         self.timing = runtime.ON_GPU if timing is None else timing
         self.extra_checks = list(extra_checks)
