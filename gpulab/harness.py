@@ -184,7 +184,9 @@ def compare(out: torch.Tensor, ref: torch.Tensor, rtol=None, atol=None) -> tuple
         return None, 0.0, 0.0
     unwritten = torch.isnan(o) & ~torch.isnan(r)
     diff = (o - r).abs()
-    diff = torch.where(torch.isnan(o) & torch.isnan(r), torch.zeros_like(diff), diff)
+    # equal values (infinities included: inf - inf is NaN) and NaN where NaN is expected
+    same = (o == r) | (torch.isnan(o) & torch.isnan(r))
+    diff = torch.where(same, torch.zeros_like(diff), diff)
     bad = unwritten | (diff > atol + rtol * r.abs()) | (torch.isnan(diff) & ~unwritten)
     finite = torch.nan_to_num(diff, nan=math.inf)
     max_abs = float(finite.max())

@@ -148,3 +148,9 @@ def test_real_peak_measurement_is_positive(tmp_path, monkeypatch):
     monkeypatch.setenv("GPULAB_CACHE", str(tmp_path))
     p = peaks.machine_peaks(refresh=True)
     assert p.copy_gbps > 0 and p.fp32_gflops > 0 and p.ridge > 0
+
+
+def test_compare_equal_infinities_match_and_wrong_infinities_do_not():
+    ref = torch.tensor([float("inf"), -float("inf"), 1.0])
+    assert compare(ref.clone(), ref)[0] is None
+    assert "1 of 3 elements wrong" in compare(torch.tensor([float("inf"), 0.0, 1.0]), ref)[0]
