@@ -187,7 +187,8 @@ def compare(out: torch.Tensor, ref: torch.Tensor, rtol=None, atol=None) -> tuple
     # equal values (infinities included: inf - inf is NaN) and NaN where NaN is expected
     same = (o == r) | (torch.isnan(o) & torch.isnan(r))
     diff = torch.where(same, torch.zeros_like(diff), diff)
-    bad = unwritten | (diff > atol + rtol * r.abs()) | (torch.isnan(diff) & ~unwritten)
+    bad = (unwritten | (diff > atol + rtol * r.abs()) | (torch.isnan(diff) & ~unwritten)
+           | (torch.isinf(r) & ~same))  # an infinite tolerance must not excuse a wrong infinity
     finite = torch.nan_to_num(diff, nan=math.inf)
     max_abs = float(finite.max())
     max_rel = float((finite / r.abs().clamp_min(1e-30)).max())
