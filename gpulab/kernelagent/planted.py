@@ -283,7 +283,10 @@ def solve(x, out):
 def solve(x, out):
     leftover = torch.empty(out.shape, dtype=out.dtype, device=out.device)
     out.copy_(leftover)                   # the caching allocator hands back the reference's output
-''', "fail", frozenset({"stale_memory"}), "reads the reference's freed output", gpu_only=True))
+''', "fail", frozenset({"no_kernel"}),
+                "tries to read the reference's freed output; on the H200 (2026-11-28) the verifier's "
+                "own poisoned output took that block first, so the cheat read garbage and failed",
+                gpu_only=True))
     return p
 
 

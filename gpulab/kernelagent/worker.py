@@ -96,7 +96,10 @@ def _install_hooks(hooks: _Hooks):
 
         class CountedStream(real_stream_cls):
             def __new__(cls, *args, **kwargs):
-                hooks.streams += 1
+                # torch wraps streams that already exist (current_stream(), an event's
+                # record()) by passing their stream_id: only a stream made anew counts
+                if "stream_id" not in kwargs:
+                    hooks.streams += 1
                 return super().__new__(cls, *args, **kwargs)
 
         torch.cuda.Stream = CountedStream
