@@ -4,9 +4,12 @@
 
 Part 1, the MoE FFN (top-2, hidden 1024, FFN 2048, FP32, TF32 off), 8 to 64 experts,
 1k to 64k tokens: the torch loop over experts (cuBLAS FP32), the multi-kernel numba path
-(permute + gather + 2 grouped GEMMs + combine) and the fused persistent kernel, each
-checked against the torch loop first, then timed (medians of CUDA events after warm-up).
-The bound is the FP32 roofline: 2 * 2 * T * k * H * F FLOP over the measured FP32 peak.
+(permute + gather + 2 grouped GEMMs + combine) with the naive 16x16 grouped GEMM and with
+the register-tiled one (the default), and the fused persistent kernel, each checked
+against the torch loop first, then timed (medians of CUDA events after warm-up). The first
+grouped GEMM alone (silu epilogue) is timed with both kernels. The naive multi-kernel path
+is skipped at 65536 tokens (it takes ~160 ms a call). The bound is the FP32 roofline:
+2 * 2 * T * k * H * F FLOP over the measured FP32 peak.
 
 Part 2, expert offload: experts in pinned host memory, copies on their own stream under
 compute, replaying a routing trace; the achieved host-to-device bandwidth against the
@@ -33,6 +36,11 @@ H, F, TOPK = 1024, 2048, 2
 EXPERTS = (8, 16, 32, 64)
 TOKENS = (1024, 4096, 16384, 65536)
 BUDGET_S = 150          # stop adding sizes past this (the largest ones go last)
+NAIVE_MAX_TOKENS = 16384  # the naive GEMM's layer and GEMM times only up to this size
+
+
+def _naive_layer(*args, **kw):
+    return K.moe_ffn(*args, gemm="naive", **kw)
 
 
 def layer_inputs(T, E, seed=0):
@@ -48,7 +56,11 @@ def layer_inputs(T, E, seed=0):
 def bench_layer(T, E, peaks):
     x, w1, w2, idx, w = layer_inputs(T, E)
     want = R.moe_ffn(x, w1, w2, idx, w)
-    for name, fn in (("multi-kernel", K.moe_ffn), ("fused", K.moe_ffn_fused)):
+    naive = T <= NAIVE_MAX_TOKENS
+    checks = [("multi-kernel", K.moe_ffn), ("fused", K.moe_ffn_fused)]
+    if naive:
+        checks.append(("multi-kernel naive", _naive_layer))
+    for name, fn in checks:
         got = fn(x, w1, w2, idx, w)
         err = (got - want).abs().max().item()
         if not err <= 1e-3 * max(1.0, want.abs().max().item()):
@@ -58,9 +70,12 @@ def bench_layer(T, E, peaks):
     nbytes = 4 * (2 * T * H + 2 * E * H * F)
     row = {"tokens": T, "experts": E}
     few = 3 if T >= 16384 else None
-    for name, fn, kw in (("torch loop", R.moe_ffn.__wrapped__, {}),
-                         ("multi-kernel", K.moe_ffn, {"validate": False}),
-                         ("fused", K.moe_ffn_fused, {"validate": False})):
+    timed = [("torch loop", R.moe_ffn.__wrapped__, {}),
+             ("multi-kernel", K.moe_ffn, {"validate": False}),
+             ("fused", K.moe_ffn_fused, {"validate": False})]
+    if naive:
+        timed.insert(1, ("multi-kernel naive", _naive_layer, {"validate": False}))
+    for name, fn, kw in timed:
         t = gpulab.bench(fn, x, w1, w2, idx, w, warmup=2, reps=few, max_seconds=1.0, name=name, **kw)
         rl = gpulab.roofline(t.median_ms, nbytes, flops, peaks)
         row[name] = {"ms": round(t.median_ms, 4), "tflops": round(rl.achieved_gflops / 1e3, 2),
@@ -69,7 +84,17 @@ def bench_layer(T, E, peaks):
     perm = K.permute(idx, E, validate=False)
     row["permute ms"] = round(gpulab.bench(K.permute, idx, E, None, False, warmup=2, reps=few).median_ms, 4)
     xs = K.gather_rows(x, perm)
-    row["grouped GEMM 1 ms"] = round(gpulab.bench(K.grouped_gemm, xs, w1, perm, "silu", warmup=1, reps=few).median_ms, 4)
+    gemm_flops = 2 * T * TOPK * H * F
+    tiles = K.gemm_tiles(perm)
+    gemm_ms = gpulab.bench(K.grouped_gemm, xs, w1, perm, "silu", tiles=tiles, warmup=2, reps=few,
+                           max_seconds=1.0).median_ms
+    row["grouped GEMM 1 ms"] = round(gemm_ms, 4)
+    row["grouped GEMM 1 TFLOP/s"] = round(gemm_flops / gemm_ms / 1e9, 2)
+    if naive:
+        naive_ms = gpulab.bench(K.grouped_gemm_naive, xs, w1, perm, "silu", warmup=2, reps=few,
+                                 max_seconds=1.0).median_ms
+        row["naive GEMM 1 ms"] = round(naive_ms, 4)
+        row["naive GEMM 1 TFLOP/s"] = round(gemm_flops / naive_ms / 1e9, 2)
     row["bound ms"] = round(gpulab.roofline(1.0, nbytes, flops, peaks).bound_ms, 4)
     return row
 
@@ -135,8 +160,11 @@ def main():
                 continue
             row = bench_layer(T, E, peaks)
             rows.append(row)
-            print(f"T={T:6d} E={E:3d}  torch {row['torch loop']['ms']:9.3f} ms  "
+            naive = row.get("multi-kernel naive", {}).get("ms", float("nan"))
+            print(f"T={T:6d} E={E:3d}  torch {row['torch loop']['ms']:9.3f} ms  naive multi {naive:9.3f} ms  "
                   f"multi {row['multi-kernel']['ms']:9.3f} ms ({row['multi-kernel']['tflops']:5.2f} TFLOP/s)  "
+                  f"GEMM1 naive {row.get('naive GEMM 1 TFLOP/s', float('nan')):5.2f} / reg-tiled "
+                  f"{row['grouped GEMM 1 TFLOP/s']:5.2f} TFLOP/s  "
                   f"fused {row['fused']['ms']:9.3f} ms ({row['fused']['tflops']:5.2f} TFLOP/s)  "
                   f"bound {row['bound ms']:.3f} ms", flush=True)
     offload = bench_offload()
@@ -154,12 +182,19 @@ def main():
              f"Measured ceilings: copy {peaks.copy_gbps:.0f} GB/s, FP32 {peaks.fp32_gflops / 1e3:.1f} TFLOP/s.",
              f"MoE FFN top-{TOPK}, hidden {H}, FFN {F}, FP32 (TF32 off). Medians of CUDA events after warm-up.",
              "The FP32 roofline bound is the FLOP count over the measured FP32 peak (these sizes are compute-bound).",
-             "", "| tokens | experts | torch loop (ms) | multi-kernel (ms) | fused (ms) | multi TFLOP/s | fused TFLOP/s | bound (ms) | permute (ms) |",
-             "|---|---|---|---|---|---|---|---|---|"]
+             f"Multi-kernel: the layer with the naive 16x16 grouped GEMM and with the register-tiled one "
+             f"({K.BM}x{K.BN}x{K.BK} block tile, {K.TM}x{K.TN} per thread; the default). GEMM 1: the first grouped "
+             f"GEMM alone (T*k x {H} times {H} x {F}, silu). The naive kernel is not timed above {NAIVE_MAX_TOKENS} tokens (-).",
+             "", "| tokens | experts | torch loop (ms) | multi naive (ms) | multi reg-tiled (ms) | fused (ms) | "
+             "multi naive TFLOP/s | multi reg-tiled TFLOP/s | fused TFLOP/s | GEMM 1 naive TFLOP/s | "
+             "GEMM 1 reg-tiled TFLOP/s | bound (ms) | permute (ms) |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
-        lines.append(f"| {r['tokens']} | {r['experts']} | {r['torch loop']['ms']} | {r['multi-kernel']['ms']} | "
-                     f"{r['fused']['ms']} | {r['multi-kernel']['tflops']} | {r['fused']['tflops']} | "
-                     f"{r['bound ms']} | {r['permute ms']} |")
+        nv = r.get("multi-kernel naive", {})
+        lines.append(f"| {r['tokens']} | {r['experts']} | {r['torch loop']['ms']} | {nv.get('ms', '-')} | "
+                     f"{r['multi-kernel']['ms']} | {r['fused']['ms']} | {nv.get('tflops', '-')} | "
+                     f"{r['multi-kernel']['tflops']} | {r['fused']['tflops']} | {r.get('naive GEMM 1 TFLOP/s', '-')} | "
+                     f"{r['grouped GEMM 1 TFLOP/s']} | {r['bound ms']} | {r['permute ms']} |")
     lines += ["", f"## Expert offload ({offload['layers']} layers x {offload['experts']} experts of "
               f"{offload['expert MB']} MB, {offload['slots per layer']} GPU slots per layer, "
               f"{offload['tokens per step']} tokens per step)",

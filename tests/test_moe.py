@@ -92,17 +92,49 @@ def test_permute_matches_torch(T, E, k, cap):
     assert torch.equal(back.cpu(), torch.nonzero(kept).flatten().to(torch.int32).cpu())
 
 
+def _check_tiles_cover(p, tile_group, tile_row_start, rows, tile):
+    covered = torch.zeros(rows, dtype=torch.int32)
+    for g, start in zip(tile_group.tolist(), tile_row_start.tolist()):
+        if g < 0:
+            continue
+        end = min(start + tile, int(p.offsets[g + 1]))
+        assert int(p.offsets[g]) <= start < int(p.offsets[g + 1])
+        covered[start:end] += 1
+    assert torch.equal(covered, torch.ones(rows, dtype=torch.int32))
+
+
 def test_tile_table_covers_every_row_once():
     T, E, k = 23, 5, 2
     p = K.permute(_topk(T, E, k, _gen(3)).to(DEV), E)
-    covered = torch.zeros(T * k, dtype=torch.int32)
-    for g, start in zip(p.tile_group.tolist(), p.tile_row_start.tolist()):
-        if g < 0:
-            continue
-        end = min(start + K.TILE, int(p.offsets[g + 1]))
-        assert int(p.offsets[g]) <= start < int(p.offsets[g + 1])
-        covered[start:end] += 1
-    assert torch.equal(covered, torch.ones(T * k, dtype=torch.int32))
+    _check_tiles_cover(p, p.tile_group, p.tile_row_start, T * k, K.TILE)
+    # the register-tiled GEMM's own table of BM-row tiles, and one of 3-row tiles
+    _check_tiles_cover(p, *K.gemm_tiles(p), T * k, K.BM)
+    _check_tiles_cover(p, *K.gemm_tiles(p, 3), T * k, 3)
+
+
+def _groups(sizes, g):
+    """topk_idx (k = 1) giving expert e exactly sizes[e] rows, tokens shuffled."""
+    idx = torch.cat([torch.full((n,), e, dtype=torch.int32) for e, n in enumerate(sizes)])
+    return idx[torch.randperm(idx.numel(), generator=g)].view(-1, 1)
+
+
+# awkward groups: empty ones (first, middle, last), one row, more than one BM row tile;
+# K and N not multiples of BK and BN. Under the simulator BM = BN = 16, BK = 4 and a
+# block is 16 threads; on a GPU the same test runs the 128 x 128 x 8 kernel.
+@pytest.mark.parametrize("sizes,Kd,N,act", [
+    ((0, K.BM + 1, 5, 0, 2 * K.BM + 1, 1), 2 * K.BK + 3, 2 * K.BN + 5, "silu"),
+    ((3, 0, 0, K.BM - 1), K.BK - 1, K.BN + 1, "none"),
+])
+def test_register_tiled_grouped_gemm_matches_torch(sizes, Kd, N, act):
+    g = _gen(sum(sizes) + Kd)
+    E = len(sizes)
+    p = K.permute(_groups(sizes, g).to(DEV), E)
+    a = torch.randn(sum(sizes), Kd, generator=g).to(DEV)
+    w = torch.randn(E, Kd, N, generator=g).to(DEV)
+    want = R.grouped_gemm(a, w, p, act)
+    torch.testing.assert_close(K.grouped_gemm(a, w, p, act), want, rtol=1e-5, atol=1e-5)
+    # a tile table made once and reused gives the same result
+    torch.testing.assert_close(K.grouped_gemm(a, w, p, act, tiles=K.gemm_tiles(p)), want, rtol=1e-5, atol=1e-5)
 
 
 def test_gather_and_grouped_gemm_match_torch():
@@ -115,8 +147,9 @@ def test_gather_and_grouped_gemm_match_torch():
     xs = K.gather_rows(x, p)
     assert torch.equal(xs.cpu(), R.gather_rows(x, R.permute(idx, E)).cpu())
     for act in ("none", "silu"):
-        torch.testing.assert_close(K.grouped_gemm(xs, w, p, act), R.grouped_gemm(xs, w, p, act),
-                                   rtol=1e-5, atol=1e-5)
+        want = R.grouped_gemm(xs, w, p, act)
+        torch.testing.assert_close(K.grouped_gemm(xs, w, p, act), want, rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(K.grouped_gemm_naive(xs, w, p, act), want, rtol=1e-5, atol=1e-5)
 
 
 def test_combine_matches_torch_with_drops():
@@ -141,6 +174,7 @@ def test_moe_layer_multikernel_and_fused_match_torch_loop(cap):
     w = _weights(T, k, g).to(DEV)
     want = R.moe_ffn(x, w1, w2, idx, w, cap)
     torch.testing.assert_close(K.moe_ffn(x, w1, w2, idx, w, cap), want, rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(K.moe_ffn(x, w1, w2, idx, w, cap, gemm="naive"), want, rtol=1e-4, atol=1e-5)
     torch.testing.assert_close(K.moe_ffn_fused(x, w1, w2, idx, w, cap), want, rtol=1e-4, atol=1e-5)
 
 
@@ -163,6 +197,15 @@ def test_bad_inputs_raise_clear_errors():
         R.grouped_gemm(x, torch.randn(1, 3, 2), R.permute(torch.zeros(4, 1, dtype=torch.int32), 1), "relu")
     with pytest.raises(ValueError, match="tile table"):
         K.grouped_gemm(x.to(DEV), torch.randn(1, 3, 2).to(DEV), R.permute(torch.zeros(4, 1, dtype=torch.int32), 1))
+    with pytest.raises(ValueError, match="tile table"):
+        K.grouped_gemm_naive(x.to(DEV), torch.randn(1, 3, 2).to(DEV),
+                             R.permute(torch.zeros(4, 1, dtype=torch.int32), 1))
+    with pytest.raises(ValueError, match="experts"):
+        K.grouped_gemm(x.to(DEV), torch.randn(2, 3, 2).to(DEV),
+                       K.permute(torch.zeros(4, 1, dtype=torch.int32, device=DEV), 1))
+    with pytest.raises(ValueError, match="gemm must be"):
+        K.moe_ffn(x.to(DEV), torch.randn(1, 3, 2).to(DEV), torch.randn(1, 2, 3).to(DEV),
+                  torch.zeros(4, 1, dtype=torch.int32, device=DEV), torch.ones(4, 1, device=DEV), gemm="fast")
 
 
 # ------------------------------------------------------------------- GPU only
@@ -186,6 +229,29 @@ def test_gpu_full_path_and_fused_kernel(T, E):
                                    rtol=1e-3, atol=1e-4)
     p, q = K.permute(r.topk_idx, E, capacity=T // E), R.permute(r.topk_idx, E, capacity=T // E)
     assert torch.equal(p.slot_of, q.slot_of) and p.dropped == q.dropped
+
+
+@pytest.mark.gpu
+def test_gpu_register_tiled_grouped_gemm_real_size():
+    """The 128 x 128 x 8 kernel at a real size: 64 experts of awkward sizes (some empty,
+    some larger than several row tiles), K and N not multiples of BK and BN."""
+    g = _gen(4)
+    sizes = torch.randint(0, 400, (64,), generator=g)
+    sizes[[0, 7, 63]] = 0
+    sizes[5] = 5 * K.BM + 3
+    Kd, N = 1027, 2050
+    p = K.permute(_groups(sizes.tolist(), g).to(DEV), 64)
+    a = torch.randn(int(sizes.sum()), Kd, generator=g).to(DEV)
+    w = (torch.randn(64, Kd, N, generator=g) / Kd**0.5).to(DEV)
+    tf32 = torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = False
+    try:
+        for act in ("none", "silu"):
+            want = R.grouped_gemm(a, w, p, act)
+            torch.testing.assert_close(K.grouped_gemm(a, w, p, act), want, rtol=1e-3, atol=1e-4)
+            torch.testing.assert_close(K.grouped_gemm_naive(a, w, p, act), want, rtol=1e-3, atol=1e-4)
+    finally:
+        torch.backends.cuda.matmul.allow_tf32 = tf32
 
 
 @pytest.mark.gpu

@@ -8,7 +8,9 @@ The multi-kernel path (what most MoE libraries do, one launch per step)::
     scatter_kernel          one block per expert: stable positions by a block prefix sum
     tile_table_kernel       which (expert, first row) each tile of the grouped GEMM owns
     gather_rows_kernel      token rows into expert order
-    grouped_gemm_kernel     every expert's product in ONE launch, blocks mapped by the tile table
+    grouped_gemm_kernel     every expert's product in ONE launch, blocks mapped by a tile table:
+                            register-tiled (BM x BN block tile, TM x TN per thread)
+    grouped_gemm_naive_kernel  the first version: TILE x TILE threads, one output each
     combine_kernel          out[t] = sum_j w[t, j] * y[slot_of[t, j]]
 
 and the fused path in the spirit of FlashMoE (arXiv 2506.04667): ``fused_moe_kernel``
@@ -16,8 +18,12 @@ is one persistent kernel whose blocks pull tasks from a queue (an atomic counter
 do dispatch (rows gathered while loading), both expert GEMMs and the weighted combine
 (atomic adds into the output) without going back to the host.
 
-The GEMMs are the classic shared-memory tiling (a TILE x TILE block of threads, one
-output per thread) in FP32: easy to read, far from cuBLAS (see the benchmark).
+Two grouped GEMMs, both FP32. ``grouped_gemm_naive_kernel`` is the classic shared-memory
+tiling (a TILE x TILE block of threads, one output per thread): easy to read, but every
+multiply-add costs two shared-memory loads. ``grouped_gemm_kernel`` (the default) is the
+standard register-tiled SGEMM: a block of 256 threads computes a BM x BN output tile, each
+thread a TM x TN micro-tile held in registers, so each value read from shared memory is
+used TM or TN times. The fused persistent kernel keeps the simple tiling.
 """
 from __future__ import annotations
 
@@ -33,7 +39,7 @@ from .torch_impl import Permutation, Routing
 
 __all__ = [
     "route", "permute", "gather_rows", "grouped_gemm", "combine", "moe_ffn", "moe_ffn_fused",
-    "TILE", "MAX_TOPK", "MAX_EXPERTS",
+    "grouped_gemm_naive", "gemm_tiles", "TILE", "BM", "BN", "BK", "TM", "TN", "MAX_TOPK", "MAX_EXPERTS",
 ]
 
 #: side of a GEMM tile (threads per block = TILE * TILE); small under the simulator,
@@ -46,6 +52,28 @@ MAX_TOPK = 8
 MAX_EXPERTS = 1024
 #: threads per block of the element-wise kernels
 BLOCK = runtime.pick(32, 256)
+
+# the register-tiled grouped GEMM: a block computes a BM x BN output tile in steps of BK
+# along K; its (BM // TM) x (BN // TN) threads each own a TM x TN micro-tile. On a GPU:
+# 128 x 128 x 8 with 8 x 8 per thread = 256 threads; the simulator runs the same code with
+# 16 x 16 x 4 and 4 x 4 per thread = 16 threads.
+BM = runtime.pick(16, 128)
+BN = runtime.pick(16, 128)
+BK = runtime.pick(4, 8)
+TM = runtime.pick(4, 8)
+TN = runtime.pick(4, 8)
+#: thread rows and columns of a block (thread (ty, tx) owns rows ty + i * THREADS_Y and
+#: columns tx + j * THREADS_X: interleaved, so a warp reads consecutive shared words)
+THREADS_Y = BM // TM
+THREADS_X = BN // TN
+GEMM_THREADS = THREADS_Y * THREADS_X
+#: elements of the A tile (BM x BK) and of the W tile (BK x BN) each thread loads per step
+A_LOADS = BM * BK // GEMM_THREADS
+W_LOADS = BK * BN // GEMM_THREADS
+#: padding of the transposed A tile's rows: the transposing stores hit distinct banks
+A_PAD = 4
+A_ROW = BM + A_PAD
+assert A_LOADS * GEMM_THREADS == BM * BK and W_LOADS * GEMM_THREADS == BK * BN
 
 
 def _blocks(n: int, per: int) -> int:
@@ -217,8 +245,11 @@ def scatter_kernel(topk_idx, offsets, capacity, sorted_assignment, slot_of):
 
 
 @kernel
-def tile_table_kernel(offsets, tile_offsets, tile_group, tile_row_start):
+def tile_table_kernel(offsets, tile_offsets, tile_rows, tile_group, tile_row_start):
     """Thread t: which expert owns GEMM row tile t, and its first row (-1: no work).
+
+    Tiles are ``tile_rows`` rows high (TILE for the naive and fused kernels, BM for the
+    register-tiled GEMM); tile_offsets must come from the same tile height.
 
     Expert e owns tiles tile_offsets[e]:tile_offsets[e + 1]; a binary search finds the
     last e with tile_offsets[e] <= t (empty experts own no tile and are skipped).
@@ -240,7 +271,7 @@ def tile_table_kernel(offsets, tile_offsets, tile_group, tile_row_start):
         else:
             hi = mid - 1
     tile_group[t] = lo
-    tile_row_start[t] = offsets[lo] + (t - tile_offsets[lo]) * TILE
+    tile_row_start[t] = offsets[lo] + (t - tile_offsets[lo]) * tile_rows
 
 
 @kernel
@@ -260,7 +291,7 @@ def _silu(v):
 
 
 @kernel
-def grouped_gemm_kernel(a, w, offsets, tile_group, tile_row_start, silu, out):
+def grouped_gemm_naive_kernel(a, w, offsets, tile_group, tile_row_start, silu, out):
     """Block (tile, col_tile): out[rows] = act(a[rows] @ w[e]) for the tile's TILE rows.
 
     One launch covers every expert: blockIdx.x indexes the tile table, so groups of any
@@ -288,6 +319,73 @@ def grouped_gemm_kernel(a, w, offsets, tile_group, tile_row_start, silu, out):
         cuda.syncthreads()                   # done reading before the next tiles land
     if row < row_end and col < N:
         out[row, col] = _silu(acc) if silu else acc
+
+
+@kernel
+def grouped_gemm_kernel(a, w, offsets, tile_group, tile_row_start, silu, out):
+    """Register-tiled: block (tile, col_tile) computes out[BM rows, BN cols] = act(a @ w[e]).
+
+    The tile table has BM-row tiles (:func:`gemm_tiles`). Per step of BK along K, the 256
+    threads stage a BM x BK tile of a (stored transposed: a_t[k, m]) and a BK x BN tile of
+    w[e] in shared memory, A_LOADS and W_LOADS elements each; then, for each of the BK
+    k's, every thread reads TM values of a column of a_t and TN values of a row of w_t
+    into registers and does TM * TN multiply-adds into its accumulators (an outer product).
+    Thread (ty, tx) owns rows ty + i * THREADS_Y and columns tx + j * THREADS_X.
+    """
+    a_t = cuda.shared.array((BK, A_ROW), float32)
+    w_t = cuda.shared.array((BK, BN), float32)
+    acc = cuda.local.array((TM, TN), float32)
+    a_reg = cuda.local.array(TM, float32)
+    w_reg = cuda.local.array(TN, float32)
+    g = tile_group[cuda.blockIdx.x]
+    if g < 0:
+        return                               # a spare tile: the whole block leaves
+    tid = cuda.threadIdx.x
+    ty = tid // THREADS_X
+    tx = tid % THREADS_X
+    row0 = tile_row_start[cuda.blockIdx.x]
+    row_end = offsets[g + 1]
+    col0 = cuda.blockIdx.y * BN
+    K = a.shape[1]
+    N = w.shape[2]
+    for i in range(TM):
+        for j in range(TN):
+            acc[i, j] = float32(0.0)
+    for k0 in range(0, K, BK):
+        for s in range(A_LOADS):             # consecutive threads: consecutive k of a row
+            l = tid + s * GEMM_THREADS
+            m = l // BK
+            kk = l % BK
+            row = row0 + m
+            v = float32(0.0)
+            if row < row_end and k0 + kk < K:
+                v = a[row, k0 + kk]
+            a_t[kk, m] = v
+        for s in range(W_LOADS):             # consecutive threads: consecutive columns
+            l = tid + s * GEMM_THREADS
+            kk = l // BN
+            n = l % BN
+            v = float32(0.0)
+            if k0 + kk < K and col0 + n < N:
+                v = w[g, k0 + kk, col0 + n]
+            w_t[kk, n] = v
+        cuda.syncthreads()
+        for kk in range(BK):
+            for i in range(TM):
+                a_reg[i] = a_t[kk, ty + i * THREADS_Y]
+            for j in range(TN):
+                w_reg[j] = w_t[kk, tx + j * THREADS_X]
+            for i in range(TM):
+                for j in range(TN):
+                    acc[i, j] += a_reg[i] * w_reg[j]
+        cuda.syncthreads()                   # done reading before the next tiles land
+    for i in range(TM):
+        row = row0 + ty + i * THREADS_Y
+        if row < row_end:
+            for j in range(TN):
+                col = col0 + tx + j * THREADS_X
+                if col < N:
+                    out[row, col] = _silu(acc[i, j]) if silu else acc[i, j]
 
 
 @kernel
@@ -440,7 +538,8 @@ def permute(topk_idx: torch.Tensor, num_experts: int, capacity: int | None = Non
     max_tiles = (T * k) // TILE + num_experts
     tile_group = torch.empty(max_tiles, dtype=torch.int32, device=dev)
     tile_row_start = torch.empty(max_tiles, dtype=torch.int32, device=dev)
-    tile_table_kernel[_blocks(max_tiles, BLOCK), BLOCK](offsets, tile_offsets, tile_group, tile_row_start)
+    tile_table_kernel[_blocks(max_tiles, BLOCK), BLOCK](offsets, tile_offsets, TILE, tile_group,
+                                                        tile_row_start)
     dropped = 0 if capacity is None else int((slot_of < 0).sum())
     return Permutation(counts, offsets, sorted_assignment, slot_of, dropped, k,
                        tile_offsets, tile_group, tile_row_start)
@@ -461,9 +560,7 @@ def _need_tiles(perm: Permutation) -> None:
         raise ValueError("this Permutation has no tile table: make it with gpulab.moe.kernels.permute")
 
 
-def grouped_gemm(a: torch.Tensor, w: torch.Tensor, perm: Permutation, activation: str = "none",
-                 out: torch.Tensor | None = None) -> torch.Tensor:
-    """:func:`gpulab.moe.torch_impl.grouped_gemm` in one launch over all experts."""
+def _check_gemm_inputs(a, w, perm, activation) -> None:
     ref._check_activation(activation)
     _need_tiles(perm)
     for name, t in (("a", a), ("w", w)):
@@ -473,11 +570,59 @@ def grouped_gemm(a: torch.Tensor, w: torch.Tensor, perm: Permutation, activation
     if a.dim() != 2 or w.dim() != 3 or a.shape[1] != w.shape[1]:
         raise ValueError(f"a must be (R, K) and w (E, K, N) with the same K, got "
                          f"{tuple(a.shape)} and {tuple(w.shape)}")
+    if w.shape[0] != perm.offsets.numel() - 1:
+        raise ValueError(f"w has {w.shape[0]} experts but the permutation has {perm.offsets.numel() - 1}")
+
+
+def gemm_tiles(perm: Permutation, tile_rows: int = BM) -> tuple[torch.Tensor, torch.Tensor]:
+    """The tile table for row tiles of ``tile_rows`` rows: (tile_group, tile_row_start).
+
+    :func:`permute` builds the table for TILE-row tiles (the naive and fused kernels); the
+    register-tiled GEMM needs BM-row tiles. Same kernels, no host sync: the kept rows per
+    expert come from the offsets, the scan kernel gives the tile offsets, and the grid is
+    sized by the bound ``rows // tile_rows + E``.
+    """
+    _need_tiles(perm)
+    E = perm.offsets.numel() - 1
+    dev = perm.offsets.device
+    kept = (perm.offsets[1:] - perm.offsets[:-1]).to(torch.int32)
+    row_offsets = torch.empty(E + 1, dtype=torch.int32, device=dev)
+    tile_offsets = torch.empty(E + 1, dtype=torch.int32, device=dev)
+    offsets_kernel[1, SCAN_THREADS](kept, -1, tile_rows, row_offsets, tile_offsets)
+    max_tiles = perm.sorted_assignment.numel() // tile_rows + E
+    tile_group = torch.empty(max_tiles, dtype=torch.int32, device=dev)
+    tile_row_start = torch.empty(max_tiles, dtype=torch.int32, device=dev)
+    tile_table_kernel[_blocks(max_tiles, BLOCK), BLOCK](perm.offsets, tile_offsets, tile_rows, tile_group,
+                                                        tile_row_start)
+    return tile_group, tile_row_start
+
+
+def grouped_gemm(a: torch.Tensor, w: torch.Tensor, perm: Permutation, activation: str = "none",
+                 out: torch.Tensor | None = None, tiles: tuple | None = None) -> torch.Tensor:
+    """:func:`gpulab.moe.torch_impl.grouped_gemm` in one launch over all experts (register-tiled).
+
+    ``tiles``: the BM-row tile table from :func:`gemm_tiles` (made here if None; pass it
+    to reuse one table for several GEMMs over the same permutation).
+    """
+    _check_gemm_inputs(a, w, perm, activation)
+    if out is None:
+        out = torch.zeros(a.shape[0], w.shape[2], dtype=a.dtype, device=a.device)
+    tile_group, tile_row_start = gemm_tiles(perm) if tiles is None else tiles
+    grid = (tile_group.numel(), _blocks(w.shape[2], BN))
+    grouped_gemm_kernel[grid, GEMM_THREADS](a.contiguous(), w.contiguous(), perm.offsets, tile_group,
+                                            tile_row_start, activation == "silu", out)
+    return out
+
+
+def grouped_gemm_naive(a: torch.Tensor, w: torch.Tensor, perm: Permutation, activation: str = "none",
+                       out: torch.Tensor | None = None) -> torch.Tensor:
+    """The same product by the naive kernel (TILE x TILE threads, one output each)."""
+    _check_gemm_inputs(a, w, perm, activation)
     if out is None:
         out = torch.zeros(a.shape[0], w.shape[2], dtype=a.dtype, device=a.device)
     grid = (perm.tile_group.numel(), _blocks(w.shape[2], TILE))
-    grouped_gemm_kernel[grid, (TILE, TILE)](a.contiguous(), w.contiguous(), perm.offsets, perm.tile_group,
-                                           perm.tile_row_start, activation == "silu", out)
+    grouped_gemm_naive_kernel[grid, (TILE, TILE)](a.contiguous(), w.contiguous(), perm.offsets, perm.tile_group,
+                                                  perm.tile_row_start, activation == "silu", out)
     return out
 
 
@@ -495,15 +640,25 @@ def combine(y_sorted: torch.Tensor, slot_of: torch.Tensor, topk_weight: torch.Te
     return out
 
 
-def moe_ffn(x, w1, w2, topk_idx, topk_weight, capacity=None, validate: bool = True):
-    """The MoE layer by the multi-kernel path: permute, gather, 2 grouped GEMMs, combine."""
+def moe_ffn(x, w1, w2, topk_idx, topk_weight, capacity=None, validate: bool = True, gemm: str = "regtile"):
+    """The MoE layer by the multi-kernel path: permute, gather, 2 grouped GEMMs, combine.
+
+    ``gemm``: "regtile" (the register-tiled kernel, default) or "naive" (the first version).
+    """
+    if gemm not in ("regtile", "naive"):
+        raise ValueError(f"gemm must be 'regtile' or 'naive', got {gemm!r}")
     if validate:
         ref.validate_experts(x, w1, w2)
         ref.validate_topk(topk_idx, w1.shape[0], topk_weight)
     perm = permute(topk_idx, w1.shape[0], capacity, validate=False)
     xs = gather_rows(x, perm)
-    h = grouped_gemm(xs, w1, perm, "silu")
-    y = grouped_gemm(h, w2, perm)
+    if gemm == "naive":
+        h = grouped_gemm_naive(xs, w1, perm, "silu")
+        y = grouped_gemm_naive(h, w2, perm)
+    else:
+        tiles = gemm_tiles(perm)             # one BM-row tile table for both products
+        h = grouped_gemm(xs, w1, perm, "silu", tiles=tiles)
+        y = grouped_gemm(h, w2, perm, tiles=tiles)
     return combine(y, perm.slot_of, topk_weight)
 
 
