@@ -1,0 +1,26 @@
+#!/usr/bin/env bash
+# Run parts of the course on a GPU machine and keep every log.
+#   bash benchmarks/gpu_run.sh LOGDIR STEP [STEP ...]
+# A STEP is "tests:<pytest args>", "nb:<notebook paths>" or "bench:<script>"; each gets
+# its own log in LOGDIR and a one-line summary; STEP_TIMEOUT (seconds, default 600) bounds
+# each step. After every step LOGDIR/../gpu_run.tgz packs the logs and
+# benchmarks/results, so whatever finished comes back even if a later step is cut off.
+# Source benchmarks/gpu_setup.sh first where the machine lacks the course's wheels.
+set -u
+logdir=$1; shift
+mkdir -p "$logdir"
+n=0
+for step in "$@"; do
+  n=$((n + 1)); kind=${step%%:*}; arg=${step#*:}
+  log="$logdir/$n-$kind.log"; start=$(date +%s)
+  t="timeout ${STEP_TIMEOUT:-600}"
+  case $kind in
+    tests) $t python3 -m pytest -q -p no:cacheprovider $arg >"$log" 2>&1 ;;
+    nb)    $t python3 -m pytest -q -p no:cacheprovider --nbval-lax $arg >"$log" 2>&1 ;;
+    bench) $t python3 $arg >"$log" 2>&1 ;;
+    *) echo "unknown step $step"; continue ;;
+  esac
+  rc=$?
+  echo "[$n] $step -> rc=$rc in $(( $(date +%s) - start )) s: $(grep -E 'passed|failed|error' "$log" | tail -1 | cut -c1-160)"
+  tar czf "$logdir/../gpu_run.tgz" -C "$logdir/.." "$(basename "$logdir")" -C "$PWD" benchmarks/results 2>/dev/null
+done
