@@ -17,7 +17,7 @@ BIN     := $(VENV)/bin
 ROOT_FLAG := $(if $(filter 0,$(shell id -u)),--allow-root)
 STAMP   := $(VENV)/.installed-$(EXTRAS)
 
-.PHONY: setup lab test test-fast test-gpu notebooks-gpu exercises doctor clean
+.PHONY: setup lab test test-fast test-gpu test-browser notebooks-gpu exercises doctor clean
 
 setup: $(STAMP)
 
@@ -48,6 +48,22 @@ test-fast: $(STAMP)
 test-gpu: $(STAMP)
 	GPULAB_MODE=gpu $(BIN)/python -m pytest -m gpu -p no:cacheprovider tests
 	GPULAB_MODE=gpu $(BIN)/python -m pytest --nbval-lax -p no:cacheprovider notebooks solutions
+
+# End to end in a browser: JupyterLab started by `make lab`, notebooks run in headless Chromium
+# (tests/browser). Uses Debian's chromium (CHROMIUM=path for another Chromium or Chrome),
+# installed here with apt when missing and we are root, and the playwright package (never
+# `playwright install`: no browser download).
+CHROMIUM ?= /usr/bin/chromium
+test-browser: $(STAMP)
+	@if [ ! -x "$(CHROMIUM)" ]; then \
+	    if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	        export DEBIAN_FRONTEND=noninteractive; \
+	        apt-get install -y -q --no-install-recommends chromium >/dev/null 2>&1 \
+	            || { apt-get update -q >/dev/null && apt-get install -y -q --no-install-recommends chromium >/dev/null; }; \
+	    else echo "test-browser: no Chromium at $(CHROMIUM): install Debian's chromium or pass CHROMIUM=..."; exit 1; fi; \
+	fi
+	@$(BIN)/python -c "import playwright" 2>/dev/null || $(BIN)/python -m pip install -q -e ".[$(EXTRAS),browser]"
+	GPULAB_CHROMIUM=$(CHROMIUM) $(BIN)/python -m pytest -m browser -p no:cacheprovider -rs tests/browser
 
 exercises: $(STAMP)
 	$(BIN)/gpulab exercises
