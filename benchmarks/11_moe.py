@@ -43,6 +43,10 @@ def _naive_layer(*args, **kw):
     return K.moe_ffn(*args, gemm="naive", **kw)
 
 
+def _regtile_layer(*args, **kw):
+    return K.moe_ffn(*args, gemm="regtile", **kw)
+
+
 def layer_inputs(T, E, seed=0):
     g = torch.Generator(device="cuda").manual_seed(seed)
     x = torch.randn(T, H, device="cuda", generator=g)
@@ -57,7 +61,7 @@ def bench_layer(T, E, peaks):
     x, w1, w2, idx, w = layer_inputs(T, E)
     want = R.moe_ffn(x, w1, w2, idx, w)
     naive = T <= NAIVE_MAX_TOKENS
-    checks = [("multi-kernel", K.moe_ffn), ("fused", K.moe_ffn_fused)]
+    checks = [("multi-kernel", _regtile_layer), ("fused", K.moe_ffn_fused)]
     if naive:
         checks.append(("multi-kernel naive", _naive_layer))
     for name, fn in checks:
@@ -71,7 +75,7 @@ def bench_layer(T, E, peaks):
     row = {"tokens": T, "experts": E}
     few = 3 if T >= 16384 else None
     timed = [("torch loop", R.moe_ffn.__wrapped__, {}),
-             ("multi-kernel", K.moe_ffn, {"validate": False}),
+             ("multi-kernel", _regtile_layer, {"validate": False}),
              ("fused", K.moe_ffn_fused, {"validate": False})]
     if naive:
         timed.insert(1, ("multi-kernel naive", _naive_layer, {"validate": False}))

@@ -175,6 +175,7 @@ def test_moe_layer_multikernel_and_fused_match_torch_loop(cap):
     want = R.moe_ffn(x, w1, w2, idx, w, cap)
     torch.testing.assert_close(K.moe_ffn(x, w1, w2, idx, w, cap), want, rtol=1e-4, atol=1e-5)
     torch.testing.assert_close(K.moe_ffn(x, w1, w2, idx, w, cap, gemm="naive"), want, rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(K.moe_ffn(x, w1, w2, idx, w, cap, gemm="regtile"), want, rtol=1e-4, atol=1e-5)
     torch.testing.assert_close(K.moe_ffn_fused(x, w1, w2, idx, w, cap), want, rtol=1e-4, atol=1e-5)
 
 

@@ -640,13 +640,24 @@ def combine(y_sorted: torch.Tensor, slot_of: torch.Tensor, topk_weight: torch.Te
     return out
 
 
-def moe_ffn(x, w1, w2, topk_idx, topk_weight, capacity=None, validate: bool = True, gemm: str = "regtile"):
+#: average rows per expert from which the register-tiled GEMM pays: its 128-row tiles are
+#: mostly empty for small groups (H200, 2026-11-28: it lost below 16k tokens x top-2 over
+#: 8-64 experts and won above; benchmarks/results/11_moe.md)
+REGTILE_MIN_ROWS_PER_EXPERT = 1024
+
+
+def moe_ffn(x, w1, w2, topk_idx, topk_weight, capacity=None, validate: bool = True, gemm: str = "auto"):
     """The MoE layer by the multi-kernel path: permute, gather, 2 grouped GEMMs, combine.
 
-    ``gemm``: "regtile" (the register-tiled kernel, default) or "naive" (the first version).
+    ``gemm``: "regtile" (the register-tiled kernel), "naive" (the first version), or
+    "auto" (the default: register-tiled when the average expert gets at least
+    ``REGTILE_MIN_ROWS_PER_EXPERT`` rows, naive below).
     """
-    if gemm not in ("regtile", "naive"):
-        raise ValueError(f"gemm must be 'regtile' or 'naive', got {gemm!r}")
+    if gemm not in ("auto", "regtile", "naive"):
+        raise ValueError(f"gemm must be 'auto', 'regtile' or 'naive', got {gemm!r}")
+    if gemm == "auto":
+        rows_per_expert = topk_idx.numel() / w1.shape[0]
+        gemm = "regtile" if rows_per_expert >= REGTILE_MIN_ROWS_PER_EXPERT else "naive"
     if validate:
         ref.validate_experts(x, w1, w2)
         ref.validate_topk(topk_idx, w1.shape[0], topk_weight)
