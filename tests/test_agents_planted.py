@@ -15,7 +15,7 @@ HOSTILE = {"crash_exit", "crash_segfault", "hang", "memory_hog"}
 
 @pytest.fixture(scope="module")
 def verifier():
-    with Verifier(seed=11, time_limit_s=120, memory_limit_mb=512) as v:
+    with Verifier(seed=11, time_limit_s=120, memory_limit_mb=1024) as v:
         yield v
 
 

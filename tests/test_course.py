@@ -162,6 +162,24 @@ def test_grader_survives_hang_crash_and_peeking(tmp_path):
     assert "score: 5/9" in report.text()
 
 
+def test_grader_restarts_the_kernel_after_a_cuda_error(tmp_path):
+    # After an illegal memory access every later CUDA call in that process fails too; the
+    # grader must give the next task a fresh kernel (here "broken" stands in for the
+    # poisoned CUDA context, and only a restart clears it).
+    nb = _notebook([
+        nbformat.v4.new_code_cell("broken = False"),
+        _graded("broken = True\nraise RuntimeError('CUDA error: an illegal memory access was encountered')",
+                "faults", 1),
+        _graded("assert not broken, 'the CUDA context is still broken'", "after_fault", 1),
+    ])
+    sub = tmp_path / "b.ipynb"
+    nbformat.write(nb, sub)
+    report = grade_notebook(sub, cell_timeout=30, course_root=tmp_path)
+    results = {t.grade_id: t for t in report.tasks}
+    assert not results["faults"].passed and "illegal memory access" in results["faults"].feedback
+    assert results["after_fault"].passed, results["after_fault"].feedback
+
+
 def test_grader_restores_check_cells_from_the_solution(tmp_path):
     solution = _notebook([nbformat.v4.new_code_cell("answer = 2"), _graded("assert answer == 3", "t1")])
     weakened = _notebook([nbformat.v4.new_code_cell("answer = 2"), _graded("pass  # check removed", "t1")])

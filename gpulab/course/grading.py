@@ -131,7 +131,8 @@ def _run_cells(nb, workdir: Path, cell_timeout: float) -> dict[int, str]:
 
     Survives hangs and kernel deaths: a new kernel replays the cells that succeeded so
     far (the first cell, the grading guard, always succeeds first) and goes on after the
-    cell that failed. nbclient files outputs by cell index, so every cell executed is
+    cell that failed. A CUDA error (an out-of-bounds access on a real GPU, say) leaves the
+    kernel's CUDA context broken for every later cell, so it is treated like a crash. nbclient files outputs by cell index, so every cell executed is
     the notebook's own cell at its own index.
     """
     from nbclient import NotebookClient
@@ -163,7 +164,18 @@ def _run_cells(nb, workdir: Path, cell_timeout: float) -> dict[int, str]:
                     succeeded.append(index)
                 else:
                     failures[index] = error
+                    if _breaks_the_cuda_context(error):
+                        break
     return failures
+
+
+#: Error texts after which a process's CUDA context is unusable (sticky errors).
+_STICKY_CUDA_ERRORS = ("CUDA error", "CudaAPIError", "AcceleratorError", "CUDA_ERROR_",
+                       "illegal memory access", "unspecified launch failure")
+
+
+def _breaks_the_cuda_context(error: str) -> bool:
+    return any(marker in error for marker in _STICKY_CUDA_ERRORS)
 
 
 def grade_notebook(path: Path, solution: Path | None = None, cell_timeout: float = 120.0,

@@ -279,6 +279,29 @@ def _limit_memory(megabytes: int, simulator: bool) -> None:
     resource.setrlimit(resource.RLIMIT_AS, (cap, cap))
 
 
+def _warm_up_cuda() -> None:
+    """Create the CUDA contexts (torch's and numba's) and load the kernel compiler now, so
+    that the parent's memory baseline, taken when this process says it is ready, already
+    holds them: the memory limit then measures what a candidate allocates, not the
+    hundreds of megabytes a first kernel costs any process."""
+    import numpy as np
+    import torch
+    from numba import cuda
+
+    import gpulab
+
+    @gpulab.kernel
+    def _touch(out):
+        i = cuda.grid(1)
+        if i < out.shape[0]:
+            out[i] = i
+
+    out = torch.empty(32, device="cuda")
+    _touch[1, 32](out)
+    torch.cuda.synchronize()
+    assert np.allclose(out.cpu().numpy(), np.arange(32))
+
+
 def main() -> None:
     proto = os.fdopen(os.dup(1), "w")
     os.dup2(2, 1)                       # the candidate's prints go to stderr
@@ -289,6 +312,8 @@ def main() -> None:
     # the simulator runs each CUDA thread as a Python thread: small stacks keep a block of
     # 1024 threads inside the address-space cap
     threading.stack_size(1 << 20)
+    if gpulab.ON_GPU:
+        _warm_up_cuda()
     hooks = _Hooks()
     _install_hooks(hooks)
     runner = _Runner(hooks)
