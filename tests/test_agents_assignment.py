@@ -2,6 +2,8 @@
 import pytest
 import torch
 
+import gpulab
+
 from gpulab.course.feedback import TaskFailed
 from gpulab.kernelagent import LoopholeCheck, Verifier
 from gpulab.kernelagent.assignment import (AXPY_SOURCE, check_task1, check_task2, check_task3,
@@ -71,10 +73,10 @@ def test_task1_reports_an_unfinished_stub_as_not_done(verifier):
 
 
 def _catches_cache(solve):
-    x1, y1 = torch.randn(50), torch.randn(50)
-    x2, y2 = torch.randn(50), torch.randn(50)
+    x1, y1 = gpulab.randn(50), gpulab.randn(50)
+    x2, y2 = gpulab.randn(50), gpulab.randn(50)
     for x, y in ((x1, y1), (x2, y2)):
-        out = torch.full((50,), float("nan"))
+        out = torch.full((50,), float("nan"), device=gpulab.device)
         solve(x, y, out=out)
         if not torch.allclose(out, 2.5 * x + y):
             return False

@@ -371,6 +371,8 @@ class Verifier:
             reply = worker.request(request, self.time_limit_s)
         except _WorkerDied as died:
             tail = self._worker.log_tail() if self._worker else ""
+            if os.path.exists(results_path):   # half written by a worker that was stopped
+                os.remove(results_path)
             return Verdict(task.name, kind, died.status, message=died.message, log_tail=tail)
         finally:
             os.remove(inputs_path)
