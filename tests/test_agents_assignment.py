@@ -83,6 +83,14 @@ def _catches_cache(solve):
     return True
 
 
+def _calls_once(solve):
+    """The naive check: one call, one comparison. The mystery cheat passes it."""
+    x, y = gpulab.randn(50), gpulab.randn(50)
+    out = gpulab.empty(50)
+    solve(x, y, out=out)
+    return bool(torch.allclose(out, 2.5 * x + y))
+
+
 def test_task2_accepts_the_right_label_and_check():
     check_task2("cached_result", _catches_cache)
 
@@ -92,10 +100,7 @@ def test_task2_accepts_the_right_label_and_check():
     ("cache", _catches_cache, "one of the verifier's flags"),
     ("cached_result", lambda solve: True, "accepted the mystery"),
     ("cached_result", lambda solve: False, "rejected a correct axpy"),
-    # one call only: the naive check, which the mystery passes
-    ("cached_result", lambda solve: _catches_cache.__wrapped__(solve) if hasattr(_catches_cache, "__wrapped__")
-     else (lambda x, y: (solve(x, y, out=(o := torch.empty(50))), bool(torch.allclose(o, 2.5 * x + y)))[1])(
-        torch.randn(50), torch.randn(50)), "accepted the mystery"),
+    ("cached_result", _calls_once, "accepted the mystery"),
 ])
 def test_task2_rejects_wrong_answers(label, my_check, why):
     with pytest.raises(TaskFailed, match=why):
