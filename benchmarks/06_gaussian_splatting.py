@@ -35,6 +35,9 @@ TORCH_SIZES = (10_000, 100_000, 1_000_000)        # the torch path is for refere
 GSPLAT_FORWARD_MS = {10_000: 0.59, 100_000: 0.90, 1_000_000: 1.78, 3_000_000: 3.69}
 GSPLAT_PEAK_MIB = {10_000: 74, 100_000: 93, 1_000_000: 349, 3_000_000: 979}
 GOAL_MS = 10.0
+# flops to evaluate one pixel against one splat and composite it: offset (2), conic quadratic
+# form (6), exp (2), opacity and clamp (2), threshold (1), transmittance (2), colour (3 FMA = 6)
+FLOPS_PER_PAIR = 21
 
 
 def scene(n: int):
@@ -115,10 +118,16 @@ def main():
     wc = work_counts(1_000_000, at_1m["intersections"], WIDTH * HEIGHT)
     roof = {}
     for stage in STAGES:
-        flops = 256 * at_1m["intersections"] * 20 if stage == "raster" else 0.0
-        r = gpulab.roofline(at_1m[f"{stage}_ms"], wc[stage], flops, peaks)
+        # Every stage against its memory floor. The raster's flops depend on how many
+        # pixel-splat pairs it really evaluates (pixels that stopped early, or lie outside a
+        # splat's support, skip work), which this benchmark does not count; evaluating every
+        # pair is an upper bound, reported separately below, not a floor.
+        r = gpulab.roofline(at_1m[f"{stage}_ms"], wc[stage], 0.0, peaks)
         roof[stage] = {"ms": at_1m[f"{stage}_ms"], "bound_ms": round(r.bound_ms, 4), "limit": r.limit,
-                       "fraction_of_roofline": round(r.fraction, 3), "min_bytes": wc[stage], "max_flops": flops}
+                       "fraction_of_roofline": round(r.fraction, 3), "min_bytes": wc[stage]}
+    all_pairs_flops = FLOPS_PER_PAIR * 256 * at_1m["intersections"]
+    roof["raster"]["all_pairs_flops"] = all_pairs_flops
+    roof["raster"]["all_pairs_at_fp32_peak_ms"] = round(all_pairs_flops / (peaks.fp32_gflops * 1e6), 4)
 
     props = torch.cuda.get_device_properties(0)
     try:
@@ -163,9 +172,18 @@ def main():
            "| stage | ms | floor ms | bound | % of roofline |", "|---|---|---|---|---|"]
     for s, v in roof.items():
         md.append(f"| {s} | {v['ms']:.3f} | {v['bound_ms']:.3f} | {v['limit']} | {100 * v['fraction_of_roofline']:.0f}% |")
-    md += ["", "Floors: project, bin, ranges: the fewest bytes read and written; sort: 8 radix passes "
-               "over 12 bytes per key and value, read and written; raster: 20 flops per pixel-splat pair "
-               "over every pair of every tile (early stop does less), or 40 B per pair read."]
+    raster = roof["raster"]
+    md += ["", "Floors (the fewest bytes each stage must read and write, at the measured copy bandwidth): "
+               "project, bin, ranges: their inputs and outputs once; sort: 8 radix passes over 12 bytes per "
+               "key and value, read and written; raster: 40 B per pixel-splat pair (id, 6 footprint "
+               "parameters, 3 colours) and 16 B per pixel written.", "",
+           f"The raster is not memory-bound: evaluating all {256 * at_1m['intersections'] / 1e9:.2f} G "
+           f"pixel-splat pairs at {FLOPS_PER_PAIR} flops each would take {raster['all_pairs_at_fp32_peak_ms']:.2f} ms "
+           f"at the FP32 peak, yet the kernel takes {raster['ms']:.2f} ms: pixels that stopped early and "
+           f"threads whose tile is done skip at least {1 - raster['ms'] / raster['all_pairs_at_fp32_peak_ms']:.0%} "
+           "of the pairs. Its compute floor is the work it really "
+           "does, which this benchmark does not count (an earlier version of this table used all pairs as "
+           "the floor and showed the raster at 205% of its roofline)."]
     (outdir / "06_gaussian_splatting.md").write_text("\n".join(md) + "\n")
     print("\n".join(md))
     return out
