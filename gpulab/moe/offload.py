@@ -310,6 +310,22 @@ def _make_cache(policy, trace: RoutingTrace, capacity: int, **kw) -> ExpertCache
     return cls(trace.layers, trace.num_experts, capacity, **kw)
 
 
+def _route_layer(trace: RoutingTrace, step: int, layer: int, cache: ExpertCache,
+                 predictor: ExpertCache, res: SimResult):
+    """One layer of one step, as both the model and the GPU run see it: the cache policy
+    (and the prefetch predictor, when separate) learn the layer's routing, then the routed
+    experts are looked up. Returns (tokens per routed expert, routed experts, the cached ones)."""
+    counts = trace.token_counts(step, layer)
+    needed = set(counts)
+    if predictor is not cache:
+        predictor.observe(layer, trace.mean_probs(step, layer), needed)
+    cache.observe(layer, trace.mean_probs(step, layer), needed)
+    hits = {e for e in counts if cache.lookup(layer, e)}
+    res.accesses += len(counts)
+    res.hits += len(hits)
+    return counts, needed, hits
+
+
 def simulate(trace: RoutingTrace, policy="lru", capacity: int = 2, cost: CostModel | None = None,
              prefetch: int = 0, hybrid: bool = False, record_events: bool = True, **policy_kw) -> SimResult:
     """Replay ``trace`` through an offloaded MoE on a modelled machine.
@@ -346,14 +362,7 @@ def simulate(trace: RoutingTrace, policy="lru", capacity: int = 2, cost: CostMod
 
     for step in range(trace.steps):
         for layer in range(trace.layers):
-            counts = trace.token_counts(step, layer)
-            needed = set(counts)
-            if predictor is not cache:
-                predictor.observe(layer, trace.mean_probs(step, layer), needed)
-            cache.observe(layer, trace.mean_probs(step, layer), needed)
-            hits = {e for e in counts if cache.lookup(layer, e)}
-            res.accesses += len(counts)
-            res.hits += len(hits)
+            counts, needed, hits = _route_layer(trace, step, layer, cache, predictor, res)
             for e in hits:
                 if (layer, e) in prefetched:
                     res.prefetch_used += 1
@@ -523,14 +532,7 @@ def run_on_gpu(trace: RoutingTrace, w1_host: torch.Tensor, w2_host: torch.Tensor
     for step in range(trace.steps):
         topk = trace.topk[step]
         for layer in range(L):
-            counts = trace.token_counts(step, layer)
-            needed = set(counts)
-            if predictor is not cache:
-                predictor.observe(layer, trace.mean_probs(step, layer), needed)
-            cache.observe(layer, trace.mean_probs(step, layer), needed)
-            hits = {e for e in counts if cache.lookup(layer, e)}
-            res.accesses += len(counts)
-            res.hits += len(hits)
+            counts, needed, hits = _route_layer(trace, step, layer, cache, predictor, res)
             order = sorted(hits, key=lambda e: (-counts[e], e)) + sorted(needed - hits, key=lambda e: (-counts[e], e))
             for e in order:
                 if e not in hits:
