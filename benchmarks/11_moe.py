@@ -5,7 +5,7 @@
 Part 1, the MoE FFN (top-2, hidden 1024, FFN 2048, FP32, TF32 off), 8 to 64 experts,
 1k to 64k tokens: the torch loop over experts (cuBLAS FP32), the multi-kernel numba path
 (permute + gather + 2 grouped GEMMs + combine) with the naive 16x16 grouped GEMM and with
-the register-tiled one (which moe_ffn's gemm="auto" picks from 1024 rows per expert),
+the register-tiled one (which moe_ffn's gemm="auto" picks from 64 rows per expert),
 and the fused persistent kernel, each checked
 against the torch loop first, then timed (medians of CUDA events after warm-up). The first
 grouped GEMM alone (silu epilogue) is timed with both kernels. The naive multi-kernel path
@@ -188,7 +188,7 @@ def main():
              f"MoE FFN top-{TOPK}, hidden {H}, FFN {F}, FP32 (TF32 off). Medians of CUDA events after warm-up.",
              "The FP32 roofline bound is the FLOP count over the measured FP32 peak (these sizes are compute-bound).",
              f"Multi-kernel: the layer with the naive 16x16 grouped GEMM and with the register-tiled one "
-             f"({K.BM}x{K.BN}x{K.BK} block tile, {K.TM}x{K.TN} per thread; `gemm="auto"` picks it from {K.REGTILE_MIN_ROWS_PER_EXPERT} rows per expert). GEMM 1: the first grouped "
+             f"({K.BM}x{K.BN}x{K.BK} block tile, {K.TM}x{K.TN} per thread; `gemm='auto'` picks it from {K.REGTILE_MIN_ROWS_PER_EXPERT} rows per expert). GEMM 1: the first grouped "
              f"GEMM alone (T*k x {H} times {H} x {F}, silu). The naive kernel is not timed above {NAIVE_MAX_TOKENS} tokens (-).",
              "", "| tokens | experts | torch loop (ms) | multi naive (ms) | multi reg-tiled (ms) | fused (ms) | "
              "multi naive TFLOP/s | multi reg-tiled TFLOP/s | fused TFLOP/s | GEMM 1 naive TFLOP/s | "
