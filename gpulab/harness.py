@@ -18,10 +18,12 @@ calling the answer fails.
 from __future__ import annotations
 
 import contextlib
-import contextvars
 import functools
 import math
+import secrets
 import statistics
+import sys
+import threading
 import time
 from dataclasses import dataclass, field
 from typing import Callable, Sequence
@@ -32,7 +34,7 @@ from . import runtime
 
 __all__ = [
     "check", "CheckReport", "CheckFailed", "tolerance", "bench", "Timing", "reference",
-    "ReferenceCalledError", "candidate_running", "forbid_calls", "ForbiddenCallError",
+    "ReferenceCalledError", "candidate_running", "forbid_calls", "ForbiddenCallError", "mark_answers",
 ]
 
 
@@ -55,39 +57,74 @@ def tolerance(dtype: torch.dtype) -> tuple[float, float]:
 
 # ------------------------------------------------------------- reference guard
 
-_candidate_running: contextvars.ContextVar[str | None] = contextvars.ContextVar(
-    "gpulab_candidate_running", default=None)
+# Process-wide, not per thread or context: the simulator runs each CUDA thread as a Python
+# thread, and a candidate may start threads of its own; all of them must see the guard.
+_running: list[str] = []
+_lock = threading.Lock()
+#: code objects of every function marked with @reference
+_reference_code: set = set()
 
 
 class ReferenceCalledError(AssertionError):
     """A candidate called a reference implementation instead of computing."""
 
 
+def _refuse(who: str, fn_name: str):
+    raise ReferenceCalledError(f"{who} called the reference {fn_name} instead of computing the "
+                               "answer itself")
+
+
 def reference(fn: Callable) -> Callable:
-    """Mark ``fn`` as a reference answer: calling it while a candidate runs is an error."""
+    """Mark ``fn`` as a reference answer: calling it while a candidate runs is an error.
+
+    The wrapper refuses plain calls with a clear message; calls that go around it (through
+    ``__wrapped__``, say) are caught by a trace hook that :func:`candidate_running` sets
+    up, which watches for ``fn``'s code being run.
+    """
+    _reference_code.add(fn.__code__)
 
     @functools.wraps(fn)
     def guarded(*args, **kwargs):
-        who = _candidate_running.get()
-        if who is not None:
-            raise ReferenceCalledError(
-                f"{who} called the reference {fn.__module__}.{fn.__qualname__} instead of "
-                "computing the answer itself"
-            )
+        if _running:
+            _refuse(_running[-1], f"{fn.__module__}.{fn.__qualname__}")
         return fn(*args, **kwargs)
 
     guarded.is_reference = True
     return guarded
 
 
+def mark_answers(*functions) -> None:
+    """Treat existing functions or kernels (the course package's own solutions to a task)
+    like references: a candidate that calls them fails. Kernels are caught where their
+    Python code runs (the simulator); host functions everywhere."""
+    for fn in functions:
+        _reference_code.add(getattr(fn, "py_func", fn).__code__)
+
+
+def _trace_reference_calls(frame, event, arg):
+    """A trace function: fails the call when a reference's own code starts running."""
+    if event == "call" and frame.f_code in _reference_code and _running:
+        _refuse(_running[-1], frame.f_code.co_qualname if hasattr(frame.f_code, "co_qualname")
+                else frame.f_code.co_name)
+    return None  # no line-by-line tracing: only calls are watched
+
+
 @contextlib.contextmanager
 def candidate_running(name: str):
-    """Inside this block, calls to functions marked with :func:`reference` fail."""
-    token = _candidate_running.set(name)
+    """Inside this block, calls to functions marked with :func:`reference` fail, in every
+    thread (the simulator's included)."""
+    with _lock:
+        _running.append(name)
+    previous = sys.gettrace(), getattr(threading, "gettrace", lambda: None)()
+    sys.settrace(_trace_reference_calls)
+    threading.settrace(_trace_reference_calls)
     try:
         yield
     finally:
-        _candidate_running.reset(token)
+        sys.settrace(previous[0])
+        threading.settrace(previous[1])
+        with _lock:
+            _running.remove(name)
 
 
 class ForbiddenCallError(AssertionError):
@@ -238,7 +275,7 @@ def check(candidate: Callable, reference_fn: Callable, make_inputs: Callable,
     """
     name = name or getattr(candidate, "__name__", "candidate")
     report = CheckReport(name)
-    gen = torch.Generator().manual_seed(seed if seed is not None else torch.seed() % (2**63))
+    gen = torch.Generator().manual_seed(seed if seed is not None else secrets.randbits(63))
     for size in sizes:
         for trial in range(trials):
             inputs = tuple(x.to(runtime.device) if isinstance(x, torch.Tensor) else x

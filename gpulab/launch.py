@@ -3,9 +3,11 @@
 ``numba.cuda.jit`` kernels are launched as ``kernel[grid, block](*args)``. Each such call
 re-derives the numba type of every argument (for a torch tensor that means building its
 ``__cuda_array_interface__`` dict and a numba device-array view), looks the signature up,
-and then marshals every argument again. On an H200 that costs about 46 us per launch with
-pre-wrapped device arrays and about 160 us with torch tensors, against about 9 us for a
-torch elementwise op: enough to hide any small kernel behind Python.
+and then marshals every argument again. On an H200 (benchmarks/results/00_launch_overhead.md,
+one run) that cost 32.4 us per launch with pre-wrapped device arrays and 78 us with torch
+tensors, against 9.5 us for a torch elementwise op: enough to hide any small kernel behind
+Python. In the same run :func:`kernel` took 14.5 us per launch with torch tensors. (Earlier
+measurements, made another way, gave about 46 and 160 us for the two numba cases.)
 
 :func:`kernel` wraps ``cuda.jit`` with the same ``kernel[grid, block](*args)`` syntax but a
 short path for repeated calls:

@@ -7,6 +7,7 @@ import torch
 import gpulab
 from gpulab import harness, peaks
 from gpulab.harness import CheckFailed, ReferenceCalledError, compare
+from numba import cuda  # after gpulab, which picks the GPU or the simulator
 
 
 def _two_vectors(n, gen):
@@ -84,6 +85,63 @@ def test_reference_guard_catches_a_candidate_that_calls_the_answer():
     assert torch.equal(ref(torch.ones(2), torch.ones(2)), torch.full((2,), 2.0))  # fine outside
     with pytest.raises(ReferenceCalledError, match="called the reference"):
         gpulab.check(lambda a, b, out: out.copy_(ref(a, b)), ref, _two_vectors, sizes=(4,))
+
+
+def test_reference_guard_holds_around_the_wrapper_and_in_other_threads():
+    @gpulab.reference
+    def ref(a, b):
+        return a + b
+
+    def via_wrapped(a, b, out):           # skips the guarding wrapper
+        out.copy_(ref.__wrapped__(a, b))
+
+    def in_a_thread(a, b, out):           # as the simulator runs a kernel's threads
+        import threading
+        errors = []
+
+        def work():
+            try:
+                out.copy_(ref(a, b))
+            except ReferenceCalledError as exc:
+                errors.append(exc)
+
+        t = threading.Thread(target=work)
+        t.start()
+        t.join()
+        if errors:
+            raise errors[0]
+
+    for cheat in (via_wrapped, in_a_thread):
+        with pytest.raises(ReferenceCalledError, match="called the reference"):
+            gpulab.check(cheat, ref, _two_vectors, sizes=(4,))
+    assert torch.equal(ref.__wrapped__(torch.ones(1), torch.ones(1)), torch.full((1,), 2.0))  # fine after
+
+
+def test_reference_guard_catches_a_simulated_kernel_that_calls_the_answer():
+    @gpulab.reference
+    def answer(i):
+        return 2.0 * i
+
+    @gpulab.kernel
+    def cheating(out):
+        i = cuda.grid(1)
+        if i < out.size:
+            out[i] = answer(i)
+
+    if gpulab.ON_GPU:
+        pytest.skip("a compiled kernel cannot call Python; only the simulator can")
+    out = torch.zeros(8)
+    with pytest.raises(ReferenceCalledError):
+        with harness.candidate_running("cheating"):
+            cheating[1, 8](out)
+
+
+def test_check_leaves_torch_global_seed_alone():
+    torch.manual_seed(123)
+    expected = torch.rand(3)
+    torch.manual_seed(123)
+    gpulab.check(lambda a, b, out: out.copy_(a + b), lambda a, b: a + b, _two_vectors, sizes=(4,))
+    assert torch.equal(torch.rand(3), expected)
 
 
 def test_forbid_calls_blocks_and_restores():

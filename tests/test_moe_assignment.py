@@ -9,7 +9,7 @@ from numba import cuda
 import gpulab
 from gpulab.course.feedback import TaskFailed
 from gpulab.moe import assignment as A
-from gpulab.moe import torch_impl as R
+from gpulab.moe import kernels as K, torch_impl as R
 from gpulab.moe.offload import ExpertCache, LRUCache
 
 # ---------------------------------------------------------- task 1: permutation
@@ -60,24 +60,25 @@ def good_permute(topk_idx, E):
 
 
 def _torch_perm(topk_idx, E):
+    """The torch specification, unguarded: right answers, but no kernel of its own."""
     p = R.permute.__wrapped__(topk_idx, E)
     return p.counts, p.offsets, p.sorted_assignment, p.slot_of
 
 
 def inclusive_offsets(topk_idx, E):
-    c, o, s, sl = _torch_perm(topk_idx, E)
+    c, o, s, sl = good_permute(topk_idx, E)
     return c, torch.cat([o[1:], o[-1:]]), s, sl
 
 
 def drops_last(topk_idx, E):
-    c, o, s, sl = _torch_perm(topk_idx, E)
+    c, o, s, sl = good_permute(topk_idx, E)
     s = s.clone()
     s[-1] = s[0] if s.numel() > 1 else -1        # a race that lost one write
     return c, o, s, sl
 
 
 def duplicates(topk_idx, E):
-    c, o, s, sl = _torch_perm(topk_idx, E)
+    c, o, s, sl = good_permute(topk_idx, E)
     s = s.clone()
     if s.numel() > 1:
         s[1] = s[0]
@@ -85,33 +86,45 @@ def duplicates(topk_idx, E):
 
 
 def wrong_segment(topk_idx, E):                  # rows sorted by token, not by expert
-    c, o, s, sl = _torch_perm(topk_idx, E)
+    c, o, s, sl = good_permute(topk_idx, E)
     n = s.numel()
-    return c, o, torch.arange(n, dtype=torch.int32), torch.arange(n, dtype=torch.int32).view(sl.shape)
+    rows = torch.arange(n, dtype=torch.int32, device=s.device)
+    return c, o, rows, rows.view(sl.shape)
 
 
 def stale_slot_of(topk_idx, E):
-    c, o, s, sl = _torch_perm(topk_idx, E)
+    c, o, s, sl = good_permute(topk_idx, E)
     return c, o, s, torch.zeros_like(sl)
 
 
 def calls_reference(topk_idx, E):
-    return _torch_perm_guarded(topk_idx, E)
-
-
-def _torch_perm_guarded(topk_idx, E):
     p = R.permute(topk_idx, E)
     return p.counts, p.offsets, p.sorted_assignment, p.slot_of
 
 
-def test_task1_accepts_atomic_solution_and_torch_spec():
-    A.check_task1(good_permute)
-    A.check_task1(_torch_perm)                   # any within-expert order is fine
+def calls_the_package(topk_idx, E):
+    p = K.permute(topk_idx, E)
+    return p.counts, p.offsets, p.sorted_assignment, p.slot_of
+
+
+def torch_shortcuts(topk_idx, E):             # right answers from library routines
+    flat = topk_idx.flatten().long()
+    counts = torch.bincount(flat, minlength=E).to(torch.int32)
+    offsets = torch.cat([counts.new_zeros(1), torch.cumsum(counts, 0).to(torch.int32)])
+    order = torch.argsort(flat, stable=True).to(torch.int32)
+    slot_of = torch.empty_like(order)
+    slot_of[order.long()] = torch.arange(order.numel(), dtype=torch.int32, device=order.device)
+    return counts, offsets, order, slot_of.view(topk_idx.shape)
+
+
+def test_task1_accepts_the_atomic_kernel_solution():
+    A.check_task1(good_permute)                  # its within-expert order is not the spec's: fine
 
 
 @pytest.mark.parametrize("wrong,words", [
     (inclusive_offsets, "inclusive"), (drops_last, "dropped"), (duplicates, "duplicated"),
     (wrong_segment, "belong to expert"), (stale_slot_of, "slot_of"), (calls_reference, "reference"),
+    (_torch_perm, "reference"), (calls_the_package, "reference"), (torch_shortcuts, "as kernels"),
 ])
 def test_task1_rejects(wrong, words):
     with pytest.raises(TaskFailed, match=words):
@@ -249,3 +262,9 @@ def test_task3_rejects(wrong):
 def test_task3_wants_a_kernel():
     with pytest.raises(TaskFailed, match="kernel"):
         A.check_task3(lambda *a: None)
+
+
+def test_task3_refuses_the_package_kernel():
+    with pytest.raises(TaskFailed, match="package's own"):
+        A.check_task3(K.combine_kernel)
+

@@ -202,5 +202,16 @@ def test_checks_refuse_non_kernels_and_reference_calls():
     def cheating(sorted_keys, ranges):
         ranges[:, :] = A.reference_ranges(sorted_keys, ranges.shape[0])
 
-    with pytest.raises(TaskFailed):
-        A.check_task2(cheating)
+    if gpulab.ON_GPU:   # a compiled kernel cannot call Python at all
+        with pytest.raises(TaskFailed):
+            A.check_task2(cheating)
+    else:
+        with pytest.raises(TaskFailed, match="reference"):
+            A.check_task2(cheating)
+
+
+def test_task2_refuses_the_package_kernel():
+    from gpulab.splat import kernels as K
+    with pytest.raises(TaskFailed, match="package's own"):
+        A.check_task2(K.tile_ranges_kernel)
+

@@ -12,9 +12,10 @@ import math
 import torch
 
 from .. import runtime
-from ..course.feedback import is_kernel, require, task
-from ..harness import candidate_running, check
-from . import torch_impl as ref
+from ..course.feedback import is_kernel, require, require_own_kernel, task
+from ..harness import candidate_running, check, forbid_calls, mark_answers
+from ..launch import launch_count
+from . import kernels as K, torch_impl as ref
 from .offload import ExpertCache, ScoreCache
 
 __all__ = ["check_task1", "check_task2", "check_task3", "permutation_problems", "cache_replay",
@@ -97,16 +98,33 @@ def permutation_problems(topk_idx, num_experts, counts, offsets, sorted_assignme
     return problems
 
 
-def check_task1(permute_fn, cases=((1, 3, 1), (5, 4, 2), (13, 5, 2), (9, 6, 3)), seed: int = 11):
+#: (tokens, experts, top-k) of task 1's cases; on a GPU also one large enough that the
+#: histogram and the scatter span many blocks (races between blocks show there)
+TASK1_CASES = ((1, 3, 1), (5, 4, 2), (13, 5, 2), (9, 6, 3)) + runtime.pick((), ((4099, 64, 2),))
+
+# the package's own permutation answers task 1: calling it is calling the reference
+mark_answers(K.permute, K.histogram_kernel, K.offsets_kernel, K.scatter_kernel)
+
+#: library routines that would do the task's work for it: histogram, sort, scan
+_PERMUTE_SHORTCUTS = [(torch, "bincount"), (torch, "argsort"), (torch, "sort"), (torch, "cumsum"),
+                      (torch, "histc"), (torch.Tensor, "argsort"), (torch.Tensor, "sort"),
+                      (torch.Tensor, "cumsum"), (torch.Tensor, "bincount")]
+
+
+def check_task1(permute_fn, cases=TASK1_CASES, seed: int = 11):
     """Task 1: ``permute_fn(topk_idx, num_experts) -> (counts, offsets, sorted_assignment, slot_of)``."""
     with task("Task 1: token permutation (histogram, exclusive scan, scatter)"):
         require(callable(permute_fn), "pass your function my_permute itself")
         g = torch.Generator().manual_seed(seed)
         for T, E, k in cases:
             topk = _random_topk(T, E, k, g).to(runtime.device)
-            with candidate_running("my_permute"):
+            launches = launch_count()
+            with candidate_running("my_permute"), forbid_calls(
+                    _PERMUTE_SHORTCUTS, "write the histogram, the scan and the scatter as kernels"):
                 out = permute_fn(topk.clone(), E)
             runtime.synchronize()
+            require(launch_count() > launches, "my_permute launched no kernel: write the histogram, "
+                    "scan and scatter as @gpulab.kernel kernels")
             require(isinstance(out, (tuple, list)) and len(out) == 4,
                     "return the tuple (counts, offsets, sorted_assignment, slot_of)")
             problems = permutation_problems(topk, E, *out)
@@ -195,6 +213,7 @@ def check_task3(combine_kernel, sizes=((1, 1, 5), (7, 2, 9), (19, 3, 6), (33, 2,
     """Task 3: the numba kernel ``combine_kernel(y_sorted, slot_of, topk_weight, out)``."""
     with task("Task 3: the combine kernel (inverse permutation + weighted sum)"):
         require(is_kernel(combine_kernel), "pass the kernel itself (decorated with @gpulab.kernel)")
+        require_own_kernel(combine_kernel, K)
         tile = 8
 
         def candidate(y_sorted, slot_of, w, out):

@@ -17,9 +17,9 @@ import numpy as np
 import torch
 
 from .. import runtime
-from ..course.feedback import is_kernel, require, task
+from ..course.feedback import is_kernel, require, require_own_kernel, task
 from ..harness import CheckFailed, candidate_running, check, compare, reference
-from . import torch_impl as T
+from . import kernels as K, torch_impl as T
 from .constants import ALPHA_MIN, T_MIN, TILE
 from .footprints import gaussian_alpha, gaussian_params
 
@@ -123,6 +123,7 @@ def check_task2(ranges_kernel, block: int = 64) -> None:
     """Task 2: ``ranges_kernel(sorted_keys, ranges)``, launched one thread per key on zeroed ranges."""
     with task("Task 2: per-tile ranges of the sorted keys"):
         require(is_kernel(ranges_kernel), "pass the kernel itself (decorated with @gpulab.kernel)")
+        require_own_kernel(ranges_kernel, K)
 
         def run(sorted_keys, n_tiles):
             ranges = torch.zeros(n_tiles, 2, dtype=torch.int32, device=DEV)
