@@ -69,14 +69,17 @@ def test_proposer_never_repeats_a_genome():
         EvolutionaryProposer(population=2, elite=2)
 
 
-def test_search_improves_and_records_every_candidate(verifier, tmp_path):
+def test_search_keeps_the_best_and_records_every_candidate(verifier, tmp_path):
     path = tmp_path / "data.jsonl"
     rounds = run_search("chain2", EvolutionaryProposer(population=3, seed=2), rounds=2,
                         verifier=verifier, dataset=path)
     assert [r.round for r in rounds] == [0, 1]
-    assert rounds[1].best_speedup >= rounds[0].best_speedup > 0
     records = load_dataset(path)
     assert len(records) == sum(r.tried for r in rounds)
+    # the best so far is the best verified candidate on record, and only passes count
+    # (whether a round improves is a timing question: the GPU benchmark records it)
+    passed = [rec["speedup"] for rec in records if rec["status"] == "pass" and rec["speedup"]]
+    assert passed and rounds[-1].best_speedup == pytest.approx(max(passed))
     for rec in records:
         assert "def solve" in rec["source"] and rec["status"] in ("pass", "fail", "error")
         assert rec["reward"] == 0.0 or rec["status"] == "pass"

@@ -146,6 +146,7 @@ def test_grader_survives_hang_crash_and_peeking(tmp_path):
         _graded("import os\nos._exit(3)", "crashes", 1),
         _graded("assert y == 42", "after_crash", 3),
         _graded(f"open({peek!r}).read()", "peeks", 1),
+        _graded(f"import subprocess\nsubprocess.run(['cat', {peek!r}], check=True)", "shell_peeks", 1),
     ])
     sub = tmp_path / "a.ipynb"
     nbformat.write(nb, sub)
@@ -153,13 +154,15 @@ def test_grader_survives_hang_crash_and_peeking(tmp_path):
     report = grade_notebook(sub, cell_timeout=15, course_root=course)
     results = {t.grade_id: t for t in report.tasks}
     assert {k: v.passed for k, v in results.items()} == {
-        "passes": True, "fails": False, "hangs": False, "crashes": False, "after_crash": True, "peeks": False}
+        "passes": True, "fails": False, "hangs": False, "crashes": False, "after_crash": True, "peeks": False,
+        "shell_peeks": False}
     assert "x should be 0" in results["fails"].feedback
     assert "did not finish within 15 s" in results["hangs"].feedback
     assert "kernel died" in results["crashes"].feedback
     assert "not allowed while grading" in results["peeks"].feedback
-    assert (report.score, report.max_score) == (5, 9)
-    assert "score: 5/9" in report.text()
+    assert "starting other programs is not allowed" in results["shell_peeks"].feedback
+    assert (report.score, report.max_score) == (5, 10)
+    assert "score: 5/10" in report.text()
 
 
 def test_grader_restarts_the_kernel_after_a_cuda_error(tmp_path):

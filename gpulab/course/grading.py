@@ -6,8 +6,9 @@ How it works:
    the course files) and its graded cells (nbgrader ``grade: true``) are replaced by the
    instructor's versions from the solution notebook, hidden tests included: a learner
    cannot weaken a check by editing it.
-2. A first, hidden cell installs an audit hook in the kernel that refuses to open any
-   file of the course's ``solutions/`` folder: reading the reference answer fails.
+2. A first, hidden cell installs an audit hook in the kernel (:mod:`.guard`) that refuses
+   to open any file of the course's ``solutions/`` folder and to start other programs:
+   reading the reference answer fails.
 3. The cells run one by one in a fresh Jupyter kernel with a time limit per cell. An
    error only marks its cell. A cell that hangs is interrupted; a cell that kills the
    kernel (``os._exit``, a segfault) is recorded and a new kernel replays the cells
@@ -81,16 +82,11 @@ def graded_cells(nb) -> dict[str, int]:
 
 
 _GUARD = '''\
-import os as _os, sys as _sys
+import os as _os
 _os.environ["GPULAB_GRADING"] = "1"
-def _gpulab_grading_guard(event, args, _blocked={blocked!r}):
-    # refuse to open the reference solutions while a submission is graded
-    if event == "open" and args and isinstance(args[0], (str, bytes, _os.PathLike)):
-        path = _os.path.abspath(_os.fsdecode(args[0]))
-        if any(path == b or path.startswith(b + _os.sep) for b in _blocked):
-            raise PermissionError("reading the reference solutions is not allowed while grading")
-_sys.addaudithook(_gpulab_grading_guard)
-del _gpulab_grading_guard
+from gpulab.course import guard as _guard
+_guard.install({blocked!r})
+del _guard
 '''
 
 

@@ -172,6 +172,16 @@ def solve(x, weight, bias, out):
     out.copy_(torch.nn.functional.layer_norm(x, x.shape[-1:], weight, bias, eps=1e-5))
 ''', "fail", frozenset({"calls_torch_op"}), "calls F.layer_norm, the op the task is about",
                 naive_passes=True))
+    add(Planted("layernorm_group_norm", "layernorm", "torch", '''import torch
+
+
+def solve(x, weight, bias, out):
+    # one group over the last dim, per row: exactly a layer norm, under another name
+    rows = x.reshape(-1, 1, x.shape[-1])
+    y = torch.nn.functional.group_norm(rows, 1, eps=1e-5).reshape(x.shape)
+    out.copy_(y * weight + bias)
+''', "fail", frozenset({"calls_torch_op"}), "calls F.group_norm with one group: the same op by another name",
+                naive_passes=True))
     add(Planted("relu_calls_reference", "relu", "numba", '''from gpulab.kernelagent.tasks import SUITE
 
 

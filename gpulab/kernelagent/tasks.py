@@ -46,7 +46,9 @@ class Task:
     dtype: torch.dtype = torch.float32
     rtol: float | None = None                # None: gpulab.tolerance(dtype)
     atol: float | None = None
-    library_ops: tuple[str, ...] = ()        # torch ops that *are* the task (forbidden to torch candidates)
+    # torch ops that *are* the task, under each name that computes it (group_norm with one
+    # group is a layer norm): forbidden to torch candidates
+    library_ops: tuple[str, ...] = ()
     naive_init: dict = field(default_factory=dict)  # input name -> "ones"/"zeros" as a fresh layer has
     chain: tuple = ()                        # for elementwise chains: the ops (see CHAIN_OPS)
 
@@ -243,15 +245,15 @@ def _chain_task(name, chain, level=2):
 _TASKS = [
     Task("relu", 1, "out = relu(x) on a vector", relu_reference, ("x",), _vector(1),
          _VEC_SIM, _VEC_GPU, _VEC_TIME, _bytes_elementwise(2), lambda s: float(math.prod(s)),
-         library_ops=("relu",), chain=(("relu", None),)),
+         library_ops=("relu", "clamp_min", "clamp", "threshold", "hardtanh"), chain=(("relu", None),)),
     Task("axpy", 1, f"out = {AXPY_ALPHA} * x + y on vectors", axpy_reference, ("x", "y"), _vector(2),
          _VEC_SIM, _VEC_GPU, _VEC_TIME, _bytes_elementwise(3), lambda s: 2.0 * math.prod(s)),
     Task("sigmoid", 1, "out = sigmoid(x) on a vector", sigmoid_reference, ("x",), _vector(1),
          _VEC_SIM, _VEC_GPU, _VEC_TIME, _bytes_elementwise(2), lambda s: 4.0 * math.prod(s),
-         library_ops=("sigmoid",), chain=(("sigmoid", None),)),
+         library_ops=("sigmoid", "special_expit", "expit"), chain=(("sigmoid", None),)),
     Task("row_sum", 1, "out[r] = sum of row r of a matrix", row_sum_reference, ("x",), _rows,
          _ROW_SIM, _ROW_GPU, _ROW_TIME, lambda s: 4.0 * (s[0] * s[1] + s[0]),
-         lambda s: float(s[0] * s[1]), rtol=1e-4, atol=1e-4, library_ops=("sum",)),
+         lambda s: float(s[0] * s[1]), rtol=1e-4, atol=1e-4, library_ops=("sum", "nansum")),
     Task("bias_relu", 2, "out = relu(x + b), b broadcast over the rows", bias_relu_reference,
          ("x", "b"), _bias_rows, _ROW_SIM, _ROW_GPU, _ROW_TIME,
          lambda s: 4.0 * (2 * s[0] * s[1] + s[1]), lambda s: 2.0 * s[0] * s[1]),
@@ -264,11 +266,11 @@ _TASKS = [
     Task("softmax", 3, "row-wise softmax of a matrix of logits (some rows very large)",
          softmax_reference, ("x",), _logits, _ROW_SIM, _ROW_GPU, _ROW_TIME,
          lambda s: 8.0 * s[0] * s[1], lambda s: 5.0 * s[0] * s[1], rtol=1e-4, atol=1e-6,
-         library_ops=("softmax", "log_softmax")),
+         library_ops=("softmax", "log_softmax", "special_softmax")),
     Task("layernorm", 3, f"layer norm over the last dim with weight and bias (eps={LAYERNORM_EPS})",
          layernorm_reference, ("x", "weight", "bias"), _norm_inputs(True), _ROW_SIM, _ROW_GPU,
          _ROW_TIME, lambda s: 4.0 * (2 * s[0] * s[1] + 2 * s[1]), lambda s: 8.0 * s[0] * s[1],
-         rtol=1e-4, atol=1e-4, library_ops=("layer_norm", "native_layer_norm"),
+         rtol=1e-4, atol=1e-4, library_ops=("layer_norm", "native_layer_norm", "group_norm", "native_group_norm"),
          naive_init={"weight": "ones", "bias": "zeros"}),
     Task("rmsnorm", 3, f"RMS norm over the last dim with weight (eps={RMSNORM_EPS})",
          rmsnorm_reference, ("x", "weight"), _norm_inputs(False), _ROW_SIM, _ROW_GPU, _ROW_TIME,

@@ -308,6 +308,9 @@ def main() -> None:
     sys.stdout = sys.stderr
     os.environ.setdefault("GPULAB_QUIET", "1")
     import gpulab
+    from gpulab.course import guard
+
+    guard.install_from_environment()    # while a notebook is graded: no peeking from here either
 
     # the simulator runs each CUDA thread as a Python thread: small stacks keep a block of
     # 1024 threads inside the address-space cap
@@ -317,15 +320,21 @@ def main() -> None:
     hooks = _Hooks()
     _install_hooks(hooks)
     runner = _Runner(hooks)
-    if gpulab.ON_GPU and os.environ.get("GPULAB_VERIFIER_GPU_FRACTION"):
+    if gpulab.ON_GPU:
+        # a candidate that fills the GPU through torch's allocator stops at this share of it,
+        # so the notebook or grader sharing the GPU keeps room (numba's own allocations are
+        # not covered: they go to the driver directly)
         import torch
-        torch.cuda.set_per_process_memory_fraction(float(os.environ["GPULAB_VERIFIER_GPU_FRACTION"]))
+        torch.cuda.set_per_process_memory_fraction(float(os.environ.get("GPULAB_VERIFIER_GPU_FRACTION", "0.5")))
     _limit_memory(int(os.environ.get("GPULAB_VERIFIER_MEMORY_MB", "0")), gpulab.SIMULATOR)
     _send(proto, {"ready": True, "mode": gpulab.MODE, "pid": os.getpid()})
     for line in sys.stdin:
         req = json.loads(line)
         if req.get("op") == "verify":
             reply = _verify(runner, hooks, req)
+            if gpulab.ON_GPU:
+                import torch
+                torch.cuda.empty_cache()   # hand the candidate's cached blocks back to the GPU
         elif req.get("op") == "ping":
             reply = {"pong": True}
         else:
