@@ -50,12 +50,14 @@ def test_capacity_known_answer():
 
 
 def test_aux_loss_known_answers():
-    # balanced: k; all on one expert with probability 1: E * k
+    # balanced: k; every token on the same experts, probability 1 on one of them: E
     probs = torch.full((4, 4), 0.25)
     assert float(R.load_balancing_loss(probs, torch.tensor([2, 2, 2, 2]))) == pytest.approx(2.0)
     onehot = torch.zeros(4, 4)
     onehot[:, 0] = 1.0
     assert float(R.load_balancing_loss(onehot, torch.tensor([4, 0, 0, 0]))) == pytest.approx(4.0)
+    # top-2, every token on experts 0 and 1: still E, not E * k
+    assert float(R.load_balancing_loss(onehot, torch.tensor([4, 4, 0, 0]))) == pytest.approx(4.0)
 
 
 def test_route_weights_renormalised_and_differentiable():

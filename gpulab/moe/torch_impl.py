@@ -112,7 +112,7 @@ def load_balancing_loss(probs: torch.Tensor, counts: torch.Tensor) -> torch.Tens
     token counts once for each of its k experts, so the ``f_i`` sum to ``k``, as in
     Mixtral and MixLoRA), and ``P_i`` is the mean router probability of expert ``i``.
     Only ``P`` carries a gradient. A perfectly balanced router gives ``k``; a router that
-    sends everything to one expert with probability 1 gives ``E * k``.
+    sends every token to the same experts, with probability 1 on one of them, gives ``E``.
 
     >>> probs = torch.tensor([[0.5, 0.5], [0.5, 0.5]]); counts = torch.tensor([1, 1])
     >>> float(load_balancing_loss(probs, counts))   # 2 * (0.5*0.5 + 0.5*0.5)
