@@ -95,6 +95,27 @@ def solve(x, out):
     assert verdict.status == "fail" and "AssertionError" not in verdict.message, str(verdict)
 
 
+def test_a_candidate_that_goes_wrong_when_timed_is_caught():
+    # right for the checked runs, then (as in a timing loop, called again and again) it
+    # stops computing and leaves zeros: the output after the timed runs gives it away
+    source = RELU_SOURCE.replace("def solve(x, out):\n    launch_relu(x, out)", '''_calls = [0]
+
+
+def solve(x, out):
+    _calls[0] += 1
+    if _calls[0] <= 15:           # more than the checked runs make
+        launch_relu(x, out)
+    else:
+        out.zero_()''')
+    assert source != RELU_SOURCE
+    with Verifier(seed=5, timing=True) as v:
+        honest = v.verify("relu", RELU_SOURCE)
+        verdict = v.verify("relu", source)
+    assert honest.passed and "wrong_when_timed" not in honest.flags, str(honest)
+    assert not verdict.passed and "wrong_when_timed" in verdict.flags, str(verdict)
+    assert verdict.failed_cases == 0       # every checked case was right
+
+
 @pytest.mark.gpu
 def test_gpu_timing_flags_a_cached_answer_as_implausible():
     source = RELU_SOURCE.replace("def solve(x, out):\n    launch_relu(x, out)", '''_done = {}

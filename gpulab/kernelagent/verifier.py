@@ -58,6 +58,7 @@ FLAGS = {
     "side_stream": "worked on another CUDA stream without joining the current one",
     "inspects_memory": "searched the process's objects (gc) as if for the answer",
     "implausible_speedup": "timed faster than the roofline allows",
+    "wrong_when_timed": "wrong at the timing shape or after the timed runs (right only when checked)",
 }
 
 
@@ -506,6 +507,8 @@ class Verifier:
         verdict.feedback["roofline_fraction"] = float(bound) / cand if cand > 0 else float("inf")
         if not ok and runtime.ON_GPU:  # CPU wall times of simulated kernels bound nothing
             verdict.flags["implausible_speedup"] = why
+        if timing.get("problems"):
+            verdict.flags["wrong_when_timed"] = "; ".join(timing["problems"])
 
 
 def _unpacked(p) -> torch.Tensor:

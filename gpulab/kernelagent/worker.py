@@ -187,20 +187,48 @@ class _Runner:
         del expected, xs  # the answer is gone again, but its memory may be handed out next
 
     def time(self, task, solve, seed=1234):
-        """KernelBench-style timing of candidate and reference at the task's timing shape."""
+        """KernelBench-style timing of candidate and reference at the task's timing shape.
+
+        The timing shape is never among the checked shapes, so a candidate could behave
+        differently there (or while called again and again). Two checks close that: the
+        output left by the timed runs must match the reference, and one more run at the
+        timing shape is watched like the checked runs (guard on the reference, torch
+        calls recorded). What they find is returned as ``problems``.
+        """
         torch, gpulab = self.torch, self.gpulab
+        from .timing import kernelbench_time
+        from .verifier import compare
+
         shape = task.timing_shape if gpulab.ON_GPU else task.shapes[0]
         xs = tuple(x.to(gpulab.device) for x in task.inputs(shape, seed))
+        rtol, atol = task.tolerance
+        problems = []
         with torch.no_grad():
             expected = task.reference(*xs)
-            out = torch.empty_like(expected)
-            from .timing import kernelbench_time
+            out = self._poisoned(expected.shape, expected.dtype)
             cand = kernelbench_time(lambda: solve(*xs, out=out), name="candidate")
+            gpulab.synchronize()
+            wrong = compare(out, expected, rtol, atol)[0]
+            if wrong:
+                problems.append(f"wrong after the timed runs at shape {tuple(shape)}: {wrong}")
+            watched = self._poisoned(expected.shape, expected.dtype)
+            try:
+                with gpulab.harness.candidate_running("candidate"), self.Recorder():
+                    solve(*xs, out=watched)
+                gpulab.synchronize()
+                wrong = compare(watched, expected, rtol, atol)[0]
+                if wrong:
+                    problems.append(f"wrong at the timing shape {tuple(shape)}: {wrong}")
+            except gpulab.harness.ReferenceCalledError:
+                raise
+            except Exception as exc:
+                problems.append(f"raised {type(exc).__name__} at the timing shape {tuple(shape)}: {exc}")
             key = (task.name, tuple(shape))
             if key not in self.ref_timings:
                 self.ref_timings[key] = kernelbench_time(lambda: task.reference(*xs), name="torch eager")
             ref = self.ref_timings[key]
-        return {"shape": list(shape), "candidate": cand.as_dict(), "reference": ref.as_dict()}
+        return {"shape": list(shape), "candidate": cand.as_dict(), "reference": ref.as_dict(),
+                "problems": problems}
 
 
 def _verify(runner: _Runner, hooks: _Hooks, req: dict) -> dict:
@@ -255,16 +283,18 @@ def _verify_loaded(runner, hooks, req, task) -> dict:
                 return {"status": "error", "error": f"NotImplementedError: {exc}"}
         results.append(record)
     torch.save(results, req["results_path"])
+    if req.get("time") and all(r["error"] is None for r in results):
+        try:                        # before the hooks are read: the timing shape's run is watched too
+            reply["timing"] = runner.time(task, solve)
+        except ReferenceCalledError as exc:
+            hooks.reference_called = str(exc)
+        except Exception as exc:
+            reply["timing_error"] = f"{type(exc).__name__}: {exc}"
     reply["torch_ops"] = sorted(hooks.torch_ops)
     reply["launches"] = hooks.launches
     reply["streams"] = hooks.streams
     reply["snooped"] = hooks.snooped
     reply["reference_called"] = hooks.reference_called
-    if req.get("time") and all(r["error"] is None for r in results):
-        try:
-            reply["timing"] = runner.time(task, solve)
-        except Exception as exc:
-            reply["timing_error"] = f"{type(exc).__name__}: {exc}"
     return reply
 
 
