@@ -204,6 +204,12 @@ def test_grading_a_wrong_assignment_00_gives_partial_score(tmp_path):
         elif gid == "task2_solution":     # reads past the end of x
             cell.source = by_id[gid].source.replace("x[i] if i < x.size else float32(0.0)", "x[i]")
         # task 3 stays a stub
+    # and the submission tries to switch off task 3's check in two ways: rebinding the
+    # module's function and shadowing the name (the grader undoes both)
+    cheat = nbformat.v4.new_code_cell("checks.check_vector_sum = lambda *a, **k: None\n"
+                                      "def check_vector_sum(*a, **k):\n    return None")
+    first_check = next(i for i, c in enumerate(nb.cells) if c.metadata.get("nbgrader", {}).get("grade"))
+    nb.cells.insert(first_check, cheat)
     sub = tmp_path / "00_start_here.ipynb"
     nbformat.write(nb, sub)
     report = grade_notebook(sub, cell_timeout=240)

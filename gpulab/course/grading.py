@@ -4,8 +4,9 @@ How it works:
 
 1. The submission is copied into a fresh temporary folder (so nothing it writes lands in
    the course files) and its graded cells (nbgrader ``grade: true``) are replaced by the
-   instructor's versions from the solution notebook, hidden tests included: a learner
-   cannot weaken a check by editing it.
+   instructor's versions from the solution notebook, hidden tests included, each preceded
+   by a reload of the course's check modules and the solution's imports: a learner
+   cannot weaken a check by editing it or by rebinding it.
 2. A first, hidden cell installs an audit hook in the kernel (:mod:`.guard`) that refuses
    to open any file of the course's ``solutions/`` folder and to start other programs:
    reading the reference answer fails.
@@ -17,6 +18,7 @@ How it works:
 """
 from __future__ import annotations
 
+import ast
 import json
 import os
 import shutil
@@ -112,14 +114,37 @@ def _prepare(submission, solution) -> tuple[nbformat.NotebookNode, list[str]]:
         return nb, notes
     reference = {gid: solution.cells[i] for gid, i in graded_cells(solution).items()}
     present = graded_cells(nb)
+    prelude = _check_prelude(solution)
     for gid, i in present.items():
         if gid in reference:
-            nb.cells[i].source = reference[gid].source
+            nb.cells[i].source = prelude + reference[gid].source
     for gid in reference:
         if gid not in present:
             notes.append(f"graded cell {gid!r} is missing from the submission: appended from the solution")
-            nb.cells.append(nbformat.from_dict(reference[gid]))
+            cell = nbformat.from_dict(reference[gid])
+            cell.source = prelude + cell.source
+            nb.cells.append(cell)
     return nb, notes
+
+
+def _check_prelude(solution) -> str:
+    """Lines run before each restored check cell: the course's check modules are reloaded
+    and the solution's imports run again, so a submission that rebinds a check
+    (``A.check_task1 = lambda *a: None``, or its own ``def check_task1``) is undone."""
+    imports = []
+    for cell in solution.cells:
+        if cell.cell_type != "code" or _grading_meta(cell).get("grade"):
+            continue
+        try:
+            tree = ast.parse(cell.source)
+        except SyntaxError:          # IPython magics: not plain Python, and no imports we need
+            continue
+        imports += [ast.unparse(node) for node in tree.body if isinstance(node, (ast.Import, ast.ImportFrom))]
+    reload = ("import importlib as _gl_importlib, sys as _gl_sys\n"
+              "for _gl_name in [n for n in list(_gl_sys.modules) if n.startswith('gpulab.') and "
+              "n.rsplit('.', 1)[-1] in ('assignment', 'checks')]:\n"
+              "    _gl_importlib.reload(_gl_sys.modules[_gl_name])\n")
+    return reload + "".join(line + "\n" for line in dict.fromkeys(imports))
 
 
 def _run_cells(nb, workdir: Path, cell_timeout: float) -> dict[int, str]:
