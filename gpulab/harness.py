@@ -35,6 +35,7 @@ from . import runtime
 __all__ = [
     "check", "CheckReport", "CheckFailed", "tolerance", "bench", "Timing", "reference",
     "ReferenceCalledError", "candidate_running", "forbid_calls", "ForbiddenCallError", "mark_answers",
+    "code_of",
 ]
 
 
@@ -93,12 +94,17 @@ def reference(fn: Callable) -> Callable:
     return guarded
 
 
+def code_of(fn):
+    """The code object of a function, or of the Python function behind a kernel."""
+    return getattr(getattr(fn, "py_func", fn), "__code__", None)
+
+
 def mark_answers(*functions) -> None:
     """Treat existing functions or kernels (the course package's own solutions to a task)
     like references: a candidate that calls them fails. Kernels are caught where their
     Python code runs (the simulator); host functions everywhere."""
     for fn in functions:
-        _reference_code.add(getattr(fn, "py_func", fn).__code__)
+        _reference_code.add(code_of(fn))
 
 
 def _trace_reference_calls(frame, event, arg):

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import contextlib
 
-from ..harness import CheckFailed, ForbiddenCallError, ReferenceCalledError
+from ..harness import CheckFailed, ForbiddenCallError, ReferenceCalledError, code_of
 
 __all__ = ["TaskFailed", "task", "require", "passed", "is_kernel"]
 
@@ -63,18 +63,13 @@ def is_kernel(obj) -> bool:
     return type(obj).__name__ in ("CUDADispatcher", "FakeCUDAKernel")
 
 
-def _code_of(obj):
-    func = getattr(obj, "py_func", obj)       # gpulab and numba kernels keep the Python function
-    return getattr(func, "__code__", None)
-
-
 def require_own_kernel(kernel, *package_modules) -> None:
     """Fail when ``kernel`` is one of the course package's own kernels: the task asks the
     learner to write it, not to pass ``gpulab.<chapter>.kernels.<the answer>``."""
-    code = _code_of(kernel)
+    code = code_of(kernel)
     for module in package_modules:
         for name, obj in vars(module).items():
-            if is_kernel(obj) and _code_of(obj) is code:
+            if is_kernel(obj) and code_of(obj) is code:
                 raise TaskFailed(f"❌ that is the course package's own {module.__name__}.{name}: "
                                  "write the kernel yourself")
 

@@ -153,8 +153,9 @@ def _run_cells(nb, workdir: Path, cell_timeout: float) -> dict[int, str]:
     Survives hangs and kernel deaths: a new kernel replays the cells that succeeded so
     far (the first cell, the grading guard, always succeeds first) and goes on after the
     cell that failed. A CUDA error (an out-of-bounds access on a real GPU, say) leaves the
-    kernel's CUDA context broken for every later cell, so it is treated like a crash. nbclient files outputs by cell index, so every cell executed is
-    the notebook's own cell at its own index.
+    kernel's CUDA context broken for every later cell, so it is treated like a crash.
+    nbclient files outputs by cell index, so every cell executed is the notebook's own
+    cell at its own index.
     """
     from nbclient import NotebookClient
     from nbclient.exceptions import CellTimeoutError, DeadKernelError

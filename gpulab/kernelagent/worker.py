@@ -345,17 +345,16 @@ def main() -> None:
     # the simulator runs each CUDA thread as a Python thread: small stacks keep a block of
     # 1024 threads inside the address-space cap
     threading.stack_size(1 << 20)
+    import torch
     if gpulab.ON_GPU:
         _warm_up_cuda()
-    hooks = _Hooks()
-    _install_hooks(hooks)
-    runner = _Runner(hooks)
-    if gpulab.ON_GPU:
         # a candidate that fills the GPU through torch's allocator stops at this share of it,
         # so the notebook or grader sharing the GPU keeps room (numba's own allocations are
         # not covered: they go to the driver directly)
-        import torch
         torch.cuda.set_per_process_memory_fraction(float(os.environ.get("GPULAB_VERIFIER_GPU_FRACTION", "0.5")))
+    hooks = _Hooks()
+    _install_hooks(hooks)
+    runner = _Runner(hooks)
     _limit_memory(int(os.environ.get("GPULAB_VERIFIER_MEMORY_MB", "0")), gpulab.SIMULATOR)
     _send(proto, {"ready": True, "mode": gpulab.MODE, "pid": os.getpid()})
     for line in sys.stdin:
@@ -363,7 +362,6 @@ def main() -> None:
         if req.get("op") == "verify":
             reply = _verify(runner, hooks, req)
             if gpulab.ON_GPU:
-                import torch
                 torch.cuda.empty_cache()   # hand the candidate's cached blocks back to the GPU
         elif req.get("op") == "ping":
             reply = {"pong": True}

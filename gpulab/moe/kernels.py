@@ -24,7 +24,8 @@ multiply-add costs two shared-memory loads. ``grouped_gemm_kernel`` is the stand
 register-tiled SGEMM: a block of 256 threads computes a BM x BN output tile, each thread a
 TM x TN micro-tile held in registers, so each value read from shared memory is used TM or
 TN times. ``moe_ffn`` picks it when experts get enough rows to fill its large tiles (on
-the H200 it was slower than the naive kernel below about 64 rows per expert). The fused persistent kernel keeps the simple tiling.
+the H200 it was slower than the naive kernel below about 64 rows per expert). The fused
+persistent kernel keeps the simple tiling.
 """
 from __future__ import annotations
 
@@ -348,7 +349,7 @@ def grouped_gemm_kernel(a, w, offsets, tile_group, tile_row_start, silu, out):
     # a[-1]) and adds a wrap-around fix-up to every shared-memory read. A value masked
     # with a positive constant is provably in range, so the compiler drops the fix-ups and
     # folds each read's i * THREADS_Y offset into the load instruction: about a third
-    # fewer instructions in the inner loop, 2.5x the speed (lecture 11, section 4).
+    # fewer instructions in the inner loop, 2.5x the speed (lecture 11, section 3).
     tx = tid & (THREADS_X - 1)
     ty = (tid >> X_SHIFT) & (THREADS_Y - 1)
     row0 = tile_row_start[cuda.blockIdx.x]
