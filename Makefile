@@ -3,7 +3,8 @@
 #   make test   create .venv if needed, run every test, notebooks included
 # Variables: PYTHON (the interpreter for the venv), TORCH (the torch requirement: the
 # default is a CPU build where the local index has it; for a GPU, e.g.
-# TORCH=torch==2.11.0 and EXTRAS=dev,cu13), PORT, LAB_ARGS, JOBS.
+# TORCH=torch==2.11.0 and EXTRAS=dev,cu13), PORT, LAB_ARGS, JOBS, and CH (one chapter:
+# `make test CH=06` runs tests/ch06_*/ and chapter 06's lecture and solution).
 
 PYTHON  ?= python3
 VENV    ?= .venv
@@ -36,9 +37,12 @@ lab: $(STAMP)
 
 # Everything: package tests, course tooling, and every lecture and solution notebook
 # under nbval. Files are the unit of distribution so a notebook's cells stay together.
+# The chapter registry names what belongs to chapter CH (gpulab chapters --paths CH).
+TEST_PATHS = $(if $(CH),$(shell $(BIN)/gpulab chapters --paths $(CH) 2>/dev/null || echo no-chapter-$(CH)),tests notebooks solutions)
+
 test: $(STAMP)
 	$(BIN)/python -m pytest -n $(JOBS) --dist loadfile --nbval-lax -p no:cacheprovider \
-	    tests notebooks solutions
+	    $(TEST_PATHS)
 
 # The package tests alone (no notebooks).
 test-fast: $(STAMP)

@@ -1,8 +1,6 @@
-"""The `gpulab` command: doctor, exercises, grade.
-
-    gpulab doctor                 where kernels run, versions, and a tiny kernel that proves it
-    gpulab exercises [--check]    write exercises/ from solutions/ (or only report stale ones)
-    gpulab grade NOTEBOOK         run a submission in a fresh kernel and score each task
+"""The commands behind `gpulab` (the parser is in the top-level ``gpulab_cli`` module, so
+that ``gpulab --help`` answers without importing torch). One ``cmd_<name>(args)`` per command,
+each returning the exit status.
 """
 from __future__ import annotations
 
@@ -12,16 +10,12 @@ from pathlib import Path
 
 
 def _course_root(start: Path | None = None) -> Path:
-    """The course checkout: the nearest folder above ``start`` holding solutions/."""
-    here = (start or Path.cwd()).resolve()
-    for folder in (here, *here.parents):
-        if (folder / "solutions").is_dir() and (folder / "gpulab").is_dir():
-            return folder
-    package_root = Path(__file__).resolve().parents[2]
-    if (package_root / "solutions").is_dir():
-        return package_root
-    raise SystemExit("gpulab: no course checkout found (a folder with solutions/ and gpulab/); "
-                     "run this from inside the course folder")
+    from .registry import course_root
+
+    try:
+        return course_root(start)
+    except FileNotFoundError as exc:
+        raise SystemExit(f"gpulab: {exc}") from None
 
 
 def _driver_cuda_version() -> str | None:
@@ -95,31 +89,53 @@ def cmd_grade(args) -> int:
     from gpulab.course.grading import grade_notebook
 
     solution = Path(args.solution) if args.solution else None
-    report = grade_notebook(Path(args.notebook), solution=solution, cell_timeout=args.timeout)
+    report = grade_notebook(Path(args.path), solution=solution, cell_timeout=args.timeout)
     print(report.text())
     if args.json:
         Path(args.json).write_text(report.to_json())
     return 0
 
 
-def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="gpulab", description="gpulab course tools")
-    sub = parser.add_subparsers(dest="command", required=True)
-    sub.add_parser("doctor", help="check where kernels run and that a tiny kernel works").set_defaults(fn=cmd_doctor)
-    ex = sub.add_parser("exercises", help="generate exercises/ from solutions/")
-    ex.add_argument("--check", action="store_true", help="only report stale exercises (exit 1 if any)")
-    ex.add_argument("--root", help="the course folder (default: found from the current folder)")
-    ex.set_defaults(fn=cmd_exercises)
-    gr = sub.add_parser("grade", help="grade a submitted assignment notebook")
-    gr.add_argument("notebook", help="the submitted .ipynb")
-    gr.add_argument("--solution", help="the instructor's solution notebook "
-                    "(default: solutions/<same name> in the course folder)")
-    gr.add_argument("--timeout", type=float, default=120.0, help="seconds allowed per cell (default 120)")
-    gr.add_argument("--json", help="also write the report as JSON to this file")
-    gr.set_defaults(fn=cmd_grade)
-    args = parser.parse_args(argv)
-    return args.fn(args)
+def cmd_chapters(args) -> int:
+    from .registry import CHAPTERS, chapter
+
+    if args.paths:
+        try:
+            ch = chapter(args.paths)
+        except KeyError as exc:
+            print(f"gpulab chapters: {exc.args[0]}", file=sys.stderr)
+            return 2
+        root = _course_root()
+        paths = [p for p in (ch.tests, ch.lecture, ch.solution) if (root / p).exists()]
+        print(" ".join(str(p) for p in paths))
+        return 0
+    for ch in CHAPTERS:
+        if args.ready and not ch.ready:
+            continue
+        print(f"{ch.number}  {ch.slug:<22} {ch.status:<8} {ch.title}")
+    return 0
 
 
-if __name__ == "__main__":
-    sys.exit(main())
+def cmd_bench(args) -> int:
+    from .registry import chapter
+
+    try:
+        ch = chapter(args.chapter)
+    except KeyError as exc:
+        print(f"gpulab bench: {exc.args[0]}", file=sys.stderr)
+        return 2
+    script = _course_root() / ch.benchmark
+    if not script.exists():
+        print(f"gpulab bench: chapter {ch.number} has no benchmark yet ({ch.benchmark} is missing)",
+              file=sys.stderr)
+        return 2
+    import runpy
+
+    sys.argv = [str(script), *[a for a in args.args if a != "--"]]
+    try:
+        runpy.run_path(str(script), run_name="__main__")
+    except SystemExit as exc:
+        return exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
+    return 0
+
+

@@ -8,10 +8,10 @@ import pytest
 from nbclient import NotebookClient
 
 from gpulab.course import exercises
-from gpulab.course.cli import main as cli_main
+from gpulab_cli import main as cli_main
 from gpulab.course.grading import grade_notebook
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 ALL_NOTEBOOKS = sorted(p for folder in ("notebooks", "solutions", "exercises")
                        for p in (ROOT / folder).glob("*.ipynb"))
 EXERCISES = sorted((ROOT / "exercises").glob("*.ipynb"))

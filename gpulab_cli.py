@@ -1,0 +1,61 @@
+"""The `gpulab` command. Its parser lives outside the `gpulab` package on purpose:
+importing `gpulab` configures numba and imports torch, which takes seconds, and
+`gpulab --help` (or a typo) should answer at once. Each command imports what it needs.
+
+    gpulab doctor                  where kernels run, versions, and a tiny kernel that proves it
+    gpulab chapters [--paths NN]   the chapter registry, one line a chapter
+    gpulab exercises [--check]     write exercises/ from solutions/ (never over a learner's edits)
+    gpulab grade PATH [...]        grade a submission, or a folder of them into a gradebook
+    gpulab bench NN                run chapter NN's GPU benchmark
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="gpulab", description="gpulab course tools")
+    sub = parser.add_subparsers(dest="command", required=True)
+    sub.add_parser("doctor", help="check where kernels run and that a tiny kernel works")
+
+    ch = sub.add_parser("chapters", help="list the course's chapters (number, slug, status)")
+    ch.add_argument("--paths", metavar="NN", help="print the test paths of chapter NN (its tests folder, "
+                    "lecture and solution), as `make test CH=NN` uses them")
+    ch.add_argument("--ready", action="store_true", help="only the chapters whose status is ready")
+
+    ex = sub.add_parser("exercises", help="generate exercises/ from solutions/")
+    ex.add_argument("--check", action="store_true", help="only report stale exercises (exit 1 if any)")
+    ex.add_argument("--force", action="store_true",
+                    help="also replace exercises a learner has edited (each is first backed up)")
+    ex.add_argument("--root", help="the course folder (default: found from the current folder)")
+
+    gr = sub.add_parser("grade", help="grade a submitted notebook, or every notebook in a folder")
+    gr.add_argument("path", help="the submitted .ipynb, or a folder of submissions")
+    gr.add_argument("--chapter", metavar="NN", help="the chapter the submission belongs to "
+                    "(default: found from the notebook's metadata or content)")
+    gr.add_argument("--solution", help="grade against this solution notebook instead of the chapter's")
+    gr.add_argument("--use-submission-checks", action="store_true",
+                    help="INSTRUCTORS ONLY: grade with the submission's own check cells when no "
+                    "solution is found (a learner could have edited them)")
+    gr.add_argument("--timeout", type=float, default=120.0, help="seconds allowed per cell (default 120)")
+    gr.add_argument("--json", metavar="FILE", help="also write the report (or gradebook) as JSON")
+    gr.add_argument("--csv", metavar="FILE", help="with a folder: also write the gradebook as CSV")
+    gr.add_argument("--fail-under", type=float, metavar="SCORE",
+                    help="exit 1 when a score (as a fraction of the maximum, 0-1) is below SCORE")
+
+    be = sub.add_parser("bench", help="run a chapter's GPU benchmark (needs a CUDA GPU)")
+    be.add_argument("chapter", metavar="NN", help="chapter number, e.g. 06")
+    be.add_argument("args", nargs=argparse.REMAINDER, help="passed on to the benchmark script")
+    return parser
+
+
+def main(argv=None) -> int:
+    args = _parser().parse_args(argv)
+    from gpulab.course import cli
+
+    return getattr(cli, f"cmd_{args.command}")(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
