@@ -120,7 +120,7 @@ def _course_copy(dest: Path) -> Path:
     ignore = shutil.ignore_patterns("__pycache__", "*.egg-info", ".ipynb_checkpoints", "build")
     for name in ("gpulab", "solutions", "notebooks", "binder"):
         shutil.copytree(ROOT / name, dest / name, ignore=ignore)
-    for name in ("pyproject.toml", "README.md"):
+    for name in ("pyproject.toml", "README.md", "gpulab_cli.py"):
         shutil.copy2(ROOT / name, dest / name)
     return dest
 
