@@ -40,13 +40,22 @@ def cmd_doctor(args) -> int:
               "(correct but slow; sizes are small).")
     import torch
 
-    from gpulab.basics import vector_add
+    from numba import cuda
+
+    # The doctor's own kernel: it proves the compiler and the launch path, and depends on
+    # no chapter's code.
+    @gpulab.kernel
+    def add_kernel(a, b, out):
+        i = cuda.grid(1)
+        if i < out.size:
+            out[i] = a[i] + b[i]
 
     n = 1000
     a = torch.arange(n, dtype=torch.float32, device=gpulab.device)
     b = 2 * a
+    out = torch.empty_like(a)
     try:
-        out = vector_add(a, b)
+        add_kernel[(n + 127) // 128, 128](a, b, out)
         gpulab.synchronize()
     except Exception as exc:  # most often: no CUDA compiler libraries for numba-cuda
         print(f"  ❌ a tiny kernel failed: {type(exc).__name__}: {exc}")
