@@ -38,25 +38,11 @@ def cmd_doctor(args) -> int:
     if gpulab.SIMULATOR:
         print("  note: no CUDA GPU in use, so kernels run on numba's CUDA simulator "
               "(correct but slow; sizes are small).")
-    import torch
-
-    from numba import cuda
-
-    # The doctor's own kernel: it proves the compiler and the launch path, and depends on
-    # no chapter's code.
-    @gpulab.kernel
-    def add_kernel(a, b, out):
-        i = cuda.grid(1)
-        if i < out.size:
-            out[i] = a[i] + b[i]
+    from gpulab.selftest import vector_add_matches_torch
 
     n = 1000
-    a = torch.arange(n, dtype=torch.float32, device=gpulab.device)
-    b = 2 * a
-    out = torch.empty_like(a)
     try:
-        add_kernel[(n + 127) // 128, 128](a, b, out)
-        gpulab.synchronize()
+        matches = vector_add_matches_torch(n)
     except Exception as exc:  # most often: no CUDA compiler libraries for numba-cuda
         print(f"  ❌ a tiny kernel failed: {type(exc).__name__}: {exc}")
         if gpulab.ON_GPU:
@@ -67,7 +53,7 @@ def cmd_doctor(args) -> int:
                   f"      pip install 'gpulab[{extra}]'     # your driver supports CUDA {version or '?'}\n"
                   "  (cu12 for drivers that report CUDA 12.x, cu13 for 13.x: see `nvidia-smi`).")
         return 1
-    if not torch.equal(out, 3 * a):
+    if not matches:
         print("  ❌ a tiny kernel ran but computed a wrong result")
         return 1
     print(f"  ✅ a vector-add kernel of {n} elements ran on the {'GPU' if gpulab.ON_GPU else 'simulator'} "
