@@ -112,19 +112,19 @@ CHAPTERS: tuple[Chapter, ...] = (
         _p("SLA: Beyond Sparsity in Diffusion Transformers via Fine-Tunable Sparse-Linear Attention",
            "2509.24006"))),
     Chapter("05", "low_precision", "lowbit", "Low precision and sparsity", (
-        _p("Tilus: A Virtual Machine for Arbitrary Low-Precision GPGPU Computation in LLM Serving", None),
-        _p("QMoE: Practical Sub-1-Bit Compression of Trillion-Parameter Models", None),
-        _p("Boost Vision Transformer with GPU-Friendly Sparsity and Quantization", None))),
+        _p("Tilus: A Virtual Machine for Arbitrary Low-Precision GPGPU Computation in LLM Serving", "2504.12984"),
+        _p("QMoE: Practical Sub-1-Bit Compression of Trillion-Parameter Models", "2310.16795"),
+        _p("Boost Vision Transformer with GPU-Friendly Sparsity and Quantization", "2305.10727"))),
     Chapter("06", "gaussian_splatting", "splat", "Gaussian splatting rasterizer", (
         _p("3D Gaussian Splatting for Real-Time Radiance Field Rendering", "2308.04079"),), status=READY),
     Chapter("07", "splat_primitives", "splat", "Splatting primitives and shading", (
         _p("4D Gaussian Splatting: Towards Efficient Novel View Synthesis for Dynamic Scenes", "2402.03307"),
         _p("3D Convex Splatting: Radiance Field Rendering with 3D Smooth Convexes", "2411.14974"),
         _p("3DGabSplat: 3D Gabor Splatting", "2508.05343"),
-        _p("Triangle Splatting+", "2505.19175"),
+        _p("Triangle Splatting+: Differentiable Rendering with Opaque Triangles", "2509.25122"),
         _p("Relightable 3D Gaussians", "2311.16043"),
         _p("GI-GS: Global Illumination Decomposition on Gaussian Splatting", "2410.02619"),
-        _p("HRM²Avatar", None))),
+        _p("HRM²Avatar: High-Fidelity Real-Time Mobile Avatars from Monocular Phone Scans", "2510.13587"))),
     Chapter("08", "nerf", "nerf", "NeRF sampling and volume rendering", (
         _p("RT-NeRF: Real-Time On-Device Neural Radiance Fields Towards Immersive AR/VR Rendering",
            "2212.01120"),
@@ -135,11 +135,11 @@ CHAPTERS: tuple[Chapter, ...] = (
         _p("Hardware Acceleration of Neural Graphics", "2303.05735"),
         _p("KiloNeuS: A Versatile Neural Implicit Surface Representation for Real-Time Rendering",
            "2206.10885"),
-        _p("Real-Time Neural Light Field on Mobile Devices", None),
-        _p("Real-Time Neural Appearance Models", None)), extra_families=("nerf",)),
+        _p("Real-Time Neural Light Field on Mobile Devices", "2212.08057"),
+        _p("Real-Time Neural Appearance Models", "2305.02678")), extra_families=("nerf",)),
     Chapter("10", "gaussian_ray_casting", "raycast", "Ray casting Gaussians through a BVH", (
-        _p("RayGauss: Volumetric Gaussian-Based Ray Casting for Photorealistic Novel View Synthesis", None),
-        _p("GENIE: Gaussian Encoding for Neural Radiance Fields Interactive Editing", None),
+        _p("RayGauss: Volumetric Gaussian-Based Ray Casting for Photorealistic Novel View Synthesis", "2408.03356"),
+        _p("GENIE: Gaussian Encoding for Neural Radiance Fields Interactive Editing", "2508.02831"),
         _p("Relightable 3D Gaussians", "2311.16043")), extra_families=("splat",)),
     Chapter("11", "moe", "moe", "MoE kernels and expert offload", (
         _p("FlashMoE: Fast Distributed MoE in a Single Kernel", "2506.04667"),
@@ -148,20 +148,22 @@ CHAPTERS: tuple[Chapter, ...] = (
         _p("HybriMoE: Hybrid CPU-GPU Scheduling and Cache Management for Efficient MoE Inference",
            "2504.05897")), status=READY),
     Chapter("12", "serving", "serving", "Serving under constraints", (
-        _p("MoE-Lens", None),
-        _p("Mélange: Cost Efficient Large Language Model Serving by Exploiting GPU Heterogeneity", None)),
+        _p("MoE-Lens: Towards the Hardware Limit of High-Throughput MoE LLM Serving Under Resource "
+           "Constraints", "2504.09345"),
+        _p("Mélange: Cost Efficient Large Language Model Serving by Exploiting GPU Heterogeneity",
+           "2404.14527")),
         extra_families=("moe",)),
     Chapter("13", "memory_offload", "offload", "Memory offload for training", (
         _p("ZO2: Scalable Zeroth-Order Fine-Tuning for Extremely Large Language Models with Limited "
-           "GPU Memory", None),
-        _p("Adding NVMe SSDs to Enable and Accelerate 100B Model Fine-tuning on a Single GPU", None),
+           "GPU Memory", "2503.12668"),
+        _p("Adding NVMe SSDs to Enable and Accelerate 100B Model Fine-tuning on a Single GPU", "2403.06504"),
         _p("PyTorch-Direct: Enabling GPU Centric Data Access for Very Large Graph Neural Network "
-           "Training with Irregular Accesses", None),
+           "Training with Irregular Accesses", "2101.07956"),
         _p("Code generation and runtime techniques for enabling data-efficient deep learning "
-           "training on GPUs", None))),
+           "training on GPUs", "2412.04747"))),
     Chapter("14", "distributed", "dist", "Distributed training", (
         _p("TorchTitan: One-stop PyTorch native solution for production ready LLM pre-training", "2410.06511"),
-        _p("Galvatron", "2504.03662"))),
+        _p("Galvatron: Automatic Distributed Training for Large Transformer Models", "2504.03662"))),
     Chapter("15", "streaming_diffusion", "stream", "Streaming diffusion", (
         _p("StreamDiffusion: A Pipeline-level Solution for Real-time Interactive Generation", "2312.12491"),
         _p("StreamDiffusionV2: A Streaming System for Dynamic and Interactive Video Generation",
@@ -170,30 +172,34 @@ CHAPTERS: tuple[Chapter, ...] = (
         _p("MotionStream: Real-Time Video Generation with Interactive Motion Controls", "2511.01266"),
         _p("RAIN: Real-time Animation of Infinite Video Stream", "2412.19489")), extra_families=("attention",)),
     Chapter("16", "parallel_generation", "pargen", "Parallel long and high-resolution generation", (
-        _p("Video-Infinity: Distributed Long Video Generation", None),
-        _p("Minute-Long Videos with Dual Parallelisms", None),
+        _p("Video-Infinity: Distributed Long Video Generation", "2406.16260"),
+        _p("Minute-Long Videos with Dual Parallelisms", "2505.21070"),
         _p("Macro-from-Micro Planning for High-Quality and Parallelized Autoregressive Long Video "
-           "Generation", None),
-        _p("ASGDiffusion: Parallel High-Resolution Generation with Asynchronous Structure Guidance", None),
-        _p("Fast and Memory-Efficient Video Diffusion Using Streamlined Inference", None),
-        _p("Optimal Linear Subspace Search", None))),
+           "Generation", "2508.03334"),
+        _p("ASGDiffusion: Parallel High-Resolution Generation with Asynchronous Structure Guidance",
+           "2412.06163"),
+        _p("Fast and Memory-Efficient Video Diffusion Using Streamlined Inference", "2411.01171"),
+        _p("Optimal Linear Subspace Search: Learning to Construct Fast and High-Quality Schedulers for "
+           "Diffusion Models", "2305.14677"))),
     Chapter("17", "kernel_agents", "kernelagent", "LLM kernel agents", (
-        _p("CudaForge: An Agent Framework with Hardware Feedback for CUDA Kernel Optimization", None),
-        _p("CUDA-L1: Improving CUDA Optimization via Contrastive Reinforcement Learning", None),
-        _p("CUDA-LLM: LLMs Can Write Efficient CUDA Kernels", None),
-        _p("ConCuR: Conciseness Makes State-of-the-Art Kernel Generation", None),
+        _p("CudaForge: An Agent Framework with Hardware Feedback for CUDA Kernel Optimization", "2511.01884"),
+        _p("CUDA-L1: Improving CUDA Optimization via Contrastive Reinforcement Learning", "2507.14111"),
+        _p("CUDA-LLM: LLMs Can Write Efficient CUDA Kernels", "2506.09092"),
+        _p("ConCuR: Conciseness Makes State-of-the-Art Kernel Generation", "2510.07356"),
         _p("HPCTransCompile: An AI Compiler Generated Dataset for High-Performance CUDA Transpilation "
-           "and LLM Preliminary Exploration", None),
+           "and LLM Preliminary Exploration", "2506.10401"),
         _p("Towards Robust Agentic CUDA Kernel Benchmarking, Verification, and Optimization", "2509.14279")),
         status=READY),
     Chapter("18", "applications", "apps", "Graphics and robotics applications", (
-        _p("LivePortrait: Efficient Portrait Animation with Stitching and Retargeting Control", None),
-        _p("UniRig", None),
-        _p("BODex: Scalable and Efficient Robotic Dexterous Grasp Synthesis Using Bilevel Optimization", None),
-        _p("CAST", None),
-        _p("Diffusion as Shader: 3D-aware Video Diffusion for Versatile Video Generation Control", None),
-        _p("GenLit", None),
-        _p("BlenderGym: Benchmarking Foundational Model Systems for Graphics Editing", None))),
+        _p("LivePortrait: Efficient Portrait Animation with Stitching and Retargeting Control", "2407.03168"),
+        _p("One Model to Rig Them All: Diverse Skeleton Rigging with UniRig", "2504.12451"),
+        _p("BODex: Scalable and Efficient Robotic Dexterous Grasp Synthesis Using Bilevel Optimization",
+           "2412.16490"),
+        _p("CAST: Component-Aligned 3D Scene Reconstruction from an RGB Image", "2502.12894"),
+        _p("Diffusion as Shader: 3D-aware Video Diffusion for Versatile Video Generation Control",
+           "2501.03847"),
+        _p("GenLit: Reformulating Single-Image Relighting as Video Generation", "2412.11224"),
+        _p("BlenderGym: Benchmarking Foundational Model Systems for Graphics Editing", "2504.01786"))),
 )
 
 
