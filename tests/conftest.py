@@ -9,11 +9,14 @@ import pytest  # noqa: E402
 import gpulab  # noqa: E402  (before numba: it picks GPU or simulator)
 from gpulab.course.registry import CHAPTERS  # noqa: E402
 
+import budgets  # noqa: E402  (tests/budgets.py: time budgets that fail the run)
+
 # tests/chNN_slug/... and notebooks/NN_slug.ipynb (solutions, exercises) belong to chapter NN
 _CHAPTER_OF_PATH = re.compile(r"(?:^|/)(?:tests/ch(\d\d)_[a-z0-9_]+/|(?:notebooks|solutions|exercises)/(\d\d)_)")
 
 
 def pytest_configure(config):
+    budgets.install(config, on_gpu=gpulab.ON_GPU)
     for ch in CHAPTERS:
         config.addinivalue_line("markers", f"{ch.marker}: chapter {ch.number} ({ch.slug})")
 
