@@ -187,7 +187,19 @@ def _function_handle(compiled):
     raise LaunchError("could not find the CUDA function handle of a compiled numba kernel")
 
 
-_STUB = re.compile(r"# YOUR CODE HERE\s*\n\s*raise NotImplementedError\((.*)\)")
+# What ``gpulab exercises`` writes where it removed a solution: this marker line, then
+# ``raise NotImplementedError(hint)`` at the same indentation. The course's generator
+# builds its stubs with :func:`exercise_stub` and this module recognises them in a kernel,
+# so the writer and the reader share one definition.
+STUB_MARKER = "# YOUR CODE HERE"
+
+
+def exercise_stub(indent: str, hint: str) -> list[str]:
+    """The lines of an exercise stub, indented like the solution block they replace."""
+    return [f"{indent}{STUB_MARKER}", f"{indent}raise NotImplementedError({hint!r})"]
+
+
+_STUB = re.compile(re.escape(STUB_MARKER) + r"\s*\n\s*raise NotImplementedError\((.*)\)")
 
 
 def _exercise_stub_message(py_func) -> str | None:

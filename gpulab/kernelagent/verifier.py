@@ -32,11 +32,16 @@ from dataclasses import asdict, dataclass, field
 
 import torch
 
-from .. import runtime
+from .. import runtime, sandbox
 from ..harness import compare as _harness_compare
 from .tasks import Task, get_task
 from .timing import plausible
+from . import worker as _worker_module
 from .worker import ALLOWED_FOR_KERNELS
+
+# the worker runs candidates while a notebook may be graded: declare it to the sandbox,
+# which lets it start (it installs the grading guard in itself first thing)
+sandbox.trust_helper(_worker_module.__name__)
 
 __all__ = ["Verifier", "Verdict", "FLAGS", "LoopholeCheck", "naive_check", "audit_task",
            "detect_kind", "STATUSES"]
@@ -158,7 +163,7 @@ class _Worker:
                    PYTHONFAULTHANDLER="1")
         self.log = open(self.log_path, "ab")
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "gpulab.kernelagent.worker"], stdin=subprocess.PIPE,
+            [sys.executable, "-m", _worker_module.__name__], stdin=subprocess.PIPE,
             stdout=subprocess.PIPE, stderr=self.log, cwd=workdir, env=env,
             start_new_session=True)  # its own process group: a kill takes its children too
         self._buffer = b""
