@@ -1,7 +1,8 @@
 """Kernel fusion on the GPU: torch eager vs torch.compile vs gpulab's fused kernels.
 
-Run on a GPU:  python benchmarks/03_kernel_fusion.py   (about 2-3 minutes on an H200)
-Writes benchmarks/results/03_kernel_fusion.{md,json}.
+Run on a GPU:  python benchmarks/03_kernel_fusion.py [--quick]   (or: gpulab bench 03;
+about 40 s on an H200). Writes benchmarks/results/03_kernel_fusion.{json,md}, the md
+rendered from the json by gpulab.bench.
 
 1. Vertical fusion: chains of 2, 4, 8, 16 elementwise ops (affine, relu, clamp, sigmoid,
    repeating, as in ANCHORS.md) on 2^24 .. 2^28 float32 elements. The fused kernel moves
@@ -17,23 +18,22 @@ Correctness is checked first, on sizes that are not multiples of the block.
 """
 from __future__ import annotations
 
-import datetime
-import json
-import sys
 import time
-from pathlib import Path
 
-import gpulab
 import torch
 
+import gpulab
+import gpulab.bench as gb
 from gpulab import fusion as fk
+from gpulab import harness
 
-if not gpulab.ON_GPU:
-    sys.exit("this benchmark needs a GPU (gpulab is in simulator mode)")
-
+STEM, TITLE = "03_kernel_fusion", "Kernel fusion"
 CHAIN_LENGTHS = (2, 4, 8, 16)
 LOG_SIZES = (24, 25, 26, 27, 28)
 BATCHES = (1, 2, 4, 8, 16, 32, 64, 128, 256)
+QUICK = {"chain_lengths": (2, 16), "log_sizes": (22,), "batches": (1, 32)}
+ANCHOR_LOG2 = 26        # ANCHORS.md's size for the chains: the headline compares there
+GOAL_VS_COMPILE = 1.5   # the course's rule: within 1.5x of the best peer measured side by side
 BENCH = dict(warmup=3, max_seconds=0.25)
 MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 
@@ -55,7 +55,7 @@ def torch_chain(pipe: fk.Pipeline):
 
 
 def median_ms(fn, *args, name="") -> float:
-    return gpulab.bench(fn, *args, name=name, **BENCH).median_ms
+    return harness.bench(fn, *args, name=name, **BENCH).median_ms
 
 
 def check_correctness():
@@ -94,21 +94,21 @@ def tune_blocks() -> tuple[int, dict]:
     return best, times
 
 
-def vertical(peaks, blocks_per_sm):
+def vertical(peaks, blocks_per_sm, chain_lengths=CHAIN_LENGTHS, log_sizes=LOG_SIZES):
     rows = []
     compiled = {}
-    for k in CHAIN_LENGTHS:
+    for k in chain_lengths:
         try:
             compiled[k] = torch.compile(torch_chain(chain(k)), dynamic=True)
         except Exception as exc:  # noqa: BLE001  (inductor may be missing on the machine)
             compiled[k] = exc
-    for log_n in LOG_SIZES:
+    for log_n in log_sizes:
         n = 1 << log_n
         x = torch.randn(n, device="cuda")
         dst = torch.empty_like(x)
         copy_ms = median_ms(dst.copy_, x, name="copy")
         copy_gbps = 8 * n / copy_ms / 1e6
-        for k in CHAIN_LENGTHS:
+        for k in chain_lengths:
             pipe = chain(k)
             eager = torch_chain(pipe)
             row = {"n": n, "log2_n": log_n, "ops": k, "torch_kernels": pipe.torch_kernels(),
@@ -146,9 +146,9 @@ def vertical(peaks, blocks_per_sm):
     return rows
 
 
-def horizontal():
+def horizontal(batches=BATCHES):
     rows = []
-    for b in BATCHES:
+    for b in batches:
         pipe, images, crops = image_batch(b)
         packed = pipe.pack(images, crops)
 
@@ -176,73 +176,83 @@ def horizontal():
     return rows
 
 
-def write(meta, tuning, vrows, hrows):
-    out = Path(__file__).parent / "results"
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "03_kernel_fusion.json").write_text(json.dumps(
-        {"meta": meta, "blocks_per_sm": tuning, "vertical": vrows, "horizontal": hrows}, indent=1))
-    md = [f"# Kernel fusion ({meta['gpu']}, {meta['date']})", "",
-          f"torch {meta['torch']}, numba-cuda {meta['numba-cuda']}; medians of CUDA-event timings after "
-          f"warm-up. Copy bandwidth measured beside each size (torch `copy_`, read + write). "
-          f"Fused grid: {tuning['best']} blocks per SM (swept: "
-          + ", ".join(f"{b}: {t:.4f} ms" for b, t in tuning["times_ms"].items()) + ").", "",
-          "## Vertical fusion: chain of k ops (affine, relu, clamp, sigmoid, repeating), float32", "",
-          "| n | k | torch kernels | copy ms | eager ms | torch.compile ms | fused ms | fused % of copy BW "
-          "| fused vs eager | bytes ratio | compile / fused time | fused fastmath ms | fastmath % of copy | bound |",
-          "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+def vertical_table(vrows) -> dict:
+    rows = []
     for r in vrows:
         c = r["compile_ms"]
-        vs_compile = "-" if c is None else f"{c / r['fused_ms']:.2f}x"
-        md.append(f"| 2^{r['log2_n']} | {r['ops']} | {r['torch_kernels']} | {r['copy_ms']:.3f} | {r['eager_ms']:.3f} | "
-                  f"{'failed' if c is None else f'{c:.3f}'} | {r['fused_ms']:.3f} | {100 * r['fused_of_copy']:.0f}% | "
-                  f"{r['speedup_vs_eager']:.1f}x | {r['bytes_ratio']}x | "
-                  f"{vs_compile} | {r['fastmath_ms']:.3f} | {100 * r['fastmath_of_copy']:.0f}% | {r['limit']} |")
-    errors = {r.get("compile_error") for r in vrows if r.get("compile_error")}
-    if errors:
-        md += ["", "torch.compile failed: " + "; ".join(sorted(errors))]
-    md += ["", "The bound that applies ('bound', from gpulab.roofline with a rough count of FP32 instructions "
-           "per element): memory means 8 bytes per element over the copy bandwidth. 'bytes ratio' is how many "
-           "times more bytes torch eager moves (one read + write per torch kernel). 'fastmath' compiles the "
-           "same chain with approximate exp and division.",
-           "", "## Horizontal fusion: batch of RGB uint8 images (48..320 px a side), crop + resize 64x64 + "
-           "scale + normalize", "",
-           "| items | one launch ms | loop of gpulab launches ms | speed-up | torch eager loop ms | speed-up |",
-           "|---|---|---|---|---|---|"]
-    for r in hrows:
-        md.append(f"| {r['items']} | {r['batch_ms']:.4f} | {r['loop_ms']:.4f} | {r['speedup_vs_loop']:.1f}x | "
-                  f"{r['torch_loop_ms']:.3f} | {r['speedup_vs_torch_loop']:.1f}x |")
+        rows.append([f"2^{r['log2_n']}", r["ops"], r["torch_kernels"], f"{r['copy_ms']:.3f}", f"{r['eager_ms']:.3f}",
+                     "failed" if c is None else f"{c:.3f}", f"{r['fused_ms']:.3f}", f"{100 * r['fused_of_copy']:.0f}%",
+                     f"{r['speedup_vs_eager']:.1f}x", f"{r['bytes_ratio']}x",
+                     "-" if c is None else f"{c / r['fused_ms']:.2f}x", f"{r['fastmath_ms']:.3f}",
+                     f"{100 * r['fastmath_of_copy']:.0f}%", r["limit"]])
+    return {"columns": ["n", "k", "torch kernels", "copy ms", "eager ms", "torch.compile ms", "fused ms",
+                        "fused % of copy BW", "fused vs eager", "bytes ratio", "compile / fused time",
+                        "fused fastmath ms", "fastmath % of copy", "bound"], "rows": rows}
+
+
+def horizontal_table(hrows) -> dict:
+    return {"columns": ["items", "one launch ms", "loop of gpulab launches ms", "speed-up", "torch eager loop ms",
+                        "speed-up"],
+            "rows": [[r["items"], f"{r['batch_ms']:.4f}", f"{r['loop_ms']:.4f}", f"{r['speedup_vs_loop']:.1f}x",
+                      f"{r['torch_loop_ms']:.3f}", f"{r['speedup_vs_torch_loop']:.1f}x"] for r in hrows]}
+
+
+def report(data: dict, meta: dict | None = None, quick: bool = False) -> gb.Results:
+    """The results of one run, from its measurements (also used to convert older files)."""
+    tuning, vrows, hrows, run = data["blocks_per_sm"], data["vertical"], data["horizontal"], data["run"]
+    results = gb.Results(STEM, TITLE, meta=meta, data=data, quick=quick)
+    at = max((r["log2_n"] for r in vrows if r["log2_n"] <= ANCHOR_LOG2), default=vrows[0]["log2_n"])
+    for r in (r for r in vrows if r["log2_n"] == at):
+        if r["compile_ms"] is not None:
+            results.headline(f"chain of {r['ops']} ops on 2^{at} float32 (ms)", r["fused_ms"],
+                             f"torch.compile (dynamic={run['compile_dynamic']})", r["compile_ms"],
+                             goal=GOAL_VS_COMPILE, unit="ms", note="timed side by side in this run")
+        else:
+            results.headline(f"chain of {r['ops']} ops on 2^{at} float32 (ms)", r["fused_ms"], "torch eager",
+                             r["eager_ms"], goal=GOAL_VS_COMPILE, unit="ms",
+                             note="torch.compile failed in this run: " + r.get("compile_error", "?")[:80])
     large = [r for r in vrows if r["log2_n"] >= 26] or vrows
-    worst = min(r["fused_of_copy"] for r in large)
-    h32 = [r["speedup_vs_loop"] for r in hrows if r["items"] >= 32] or [r["speedup_vs_loop"] for r in hrows]
-    per_k = {k: min(r["fused_of_copy"] for r in large if r["ops"] == k) for k in CHAIN_LENGTHS}
-    per_k_fast = {k: min(r["fastmath_of_copy"] for r in large if r["ops"] == k) for k in CHAIN_LENGTHS}
-    md += ["", "## Goals", "",
-           f"- fused >= 90% of copy bandwidth on large inputs (2^26+): lowest {100 * worst:.0f}% "
-           f"-> {'met' if worst >= 0.9 else 'MISSED'}; lowest per chain length: "
-           + ", ".join(f"k={k}: {100 * v:.0f}% (fastmath {100 * per_k_fast[k]:.0f}%)" for k, v in per_k.items()),
-           f"- horizontal fusion >= 5x over the loop from 32 items: lowest {min(h32):.1f}x "
-           f"-> {'met' if min(h32) >= 5 else 'MISSED'}"]
-    (out / "03_kernel_fusion.md").write_text("\n".join(md) + "\n")
-    print("\n".join(md[-3:]))
+    worst = min(large, key=lambda r: r["fused_of_copy"])
+    results.headline("fused, lowest share of copy bandwidth on 2^26+ elements", worst["fused_of_copy"],
+                     goal=0.9, lower_is_better=False, note=f"at k={worst['ops']}, 2^{worst['log2_n']}")
+    from_32 = [r for r in hrows if r["items"] >= 32] or hrows
+    slowest = max(from_32, key=lambda r: r["batch_ms"] / r["loop_ms"])
+    results.headline(f"horizontal fusion, {slowest['items']} images (ms)", slowest["batch_ms"],
+                     "loop of per-item gpulab launches", slowest["loop_ms"], goal=0.2, unit="ms",
+                     note="the least gain from 32 items up; goal: 5x faster than the loop")
+    results.section(
+        "Set-up",
+        f"Medians of CUDA-event timings after warm-up. Copy bandwidth measured beside each size (torch "
+        f"`copy_`, read + write). Fused grid: {tuning['best']} blocks per SM (swept: "
+        + ", ".join(f"{b}: {t:.4f} ms" for b, t in tuning["times_ms"].items()) + f"). Block {run['block']}, "
+        f"unroll {run['unroll']}; torch.compile with dynamic={run['compile_dynamic']}.")
+    errors = sorted({r["compile_error"] for r in vrows if r.get("compile_error")})
+    results.section(
+        "Vertical fusion: chain of k ops (affine, relu, clamp, sigmoid, repeating), float32", table=vertical_table(vrows),
+        after=(["torch.compile failed: " + "; ".join(errors)] if errors else []) + [
+            "The bound that applies ('bound', from gpulab.roofline with a rough count of FP32 instructions "
+            "per element): memory means 8 bytes per element over the copy bandwidth. 'bytes ratio' is how many "
+            "times more bytes torch eager moves (one read + write per torch kernel). 'fastmath' compiles the "
+            "same chain with approximate exp and division."])
+    results.section("Horizontal fusion: batch of RGB uint8 images (48..320 px a side), crop + resize 64x64 + "
+                    "scale + normalize", table=horizontal_table(hrows))
+    return results
 
 
-def main():
+def main(argv=None):
+    args = gb.parse_args(__doc__, argv)
+    gb.require_gpu(f"benchmarks/{STEM}.py")
+    sizes = QUICK if args.quick else {"chain_lengths": CHAIN_LENGTHS, "log_sizes": LOG_SIZES, "batches": BATCHES}
     t0 = time.time()
     check_correctness()
     peaks = gpulab.machine_peaks()
     best, times = tune_blocks()
-    vrows = vertical(peaks, best)
-    hrows = horizontal()
-    try:
-        from importlib.metadata import version
-        nc = version("numba-cuda")
-    except Exception:  # noqa: BLE001
-        nc = "?"
-    meta = {"gpu": torch.cuda.get_device_name(0), "date": datetime.date.today().isoformat(),
-            "torch": torch.__version__, "numba-cuda": nc, "python": sys.version.split()[0],
-            "copy_gbps_peaks": peaks.copy_gbps, "fp32_gflops_peaks": peaks.fp32_gflops,
-            "block": fk.BLOCK, "unroll": fk.UNROLL, "seconds": round(time.time() - t0, 1)}
-    write(meta, {"best": best, "times_ms": times}, vrows, hrows)
+    vrows = vertical(peaks, best, sizes["chain_lengths"], sizes["log_sizes"])
+    hrows = horizontal(sizes["batches"])
+    run = {"copy_gbps_peaks": peaks.copy_gbps, "fp32_gflops_peaks": peaks.fp32_gflops, "block": fk.BLOCK,
+           "unroll": fk.UNROLL, "compile_dynamic": True, "seconds": round(time.time() - t0, 1)}
+    data = {"run": run, "blocks_per_sm": {"best": best, "times_ms": times}, "vertical": vrows, "horizontal": hrows}
+    report(data, quick=args.quick).write(args.out)
     print(f"done in {time.time() - t0:.0f} s")
 
 

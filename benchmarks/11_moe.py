@@ -1,6 +1,6 @@
 """Chapter 11 benchmark (run on a GPU): MoE layer kernels and the expert-offload pipeline.
 
-    python benchmarks/11_moe.py            # about 2-3 minutes on an H200
+    python benchmarks/11_moe.py [--quick]     # or: gpulab bench 11; about a minute on an H200
 
 Part 1, the MoE FFN (top-2, hidden 1024, FFN 2048, FP32, TF32 off), 8 to 64 experts,
 1k to 64k tokens: the torch loop over experts (cuBLAS FP32), the multi-kernel numba path
@@ -16,19 +16,18 @@ Part 2, expert offload: experts in pinned host memory, copies on their own strea
 compute, replaying a routing trace; the achieved host-to-device bandwidth against the
 measured pinned-copy peak, and how much of the copy time compute hides.
 
-Writes benchmarks/results/11_moe.md and .json.
+Writes benchmarks/results/11_moe.json and the .md rendered from it (gpulab.bench).
 """
 from __future__ import annotations
 
-import datetime
-import json
 import sys
 import time
-from pathlib import Path
 
 import torch
 
 import gpulab
+import gpulab.bench as gb
+from gpulab import harness
 from gpulab.moe import kernels as K
 from gpulab.moe import offload as off
 from gpulab.moe import torch_impl as R
@@ -36,6 +35,9 @@ from gpulab.moe import torch_impl as R
 H, F, TOPK = 1024, 2048, 2
 EXPERTS = (8, 16, 32, 64)
 TOKENS = (1024, 4096, 16384, 65536)
+QUICK_EXPERTS, QUICK_TOKENS = (8,), (1024,)
+STEM, TITLE = "11_moe", "MoE kernels and expert offload"
+GOAL_VS_TORCH = 1.5     # the course's rule: within 1.5x of the peer measured side by side
 BUDGET_S = 150          # stop adding sizes past this (the largest ones go last)
 NAIVE_MAX_TOKENS = 16384  # the naive GEMM's layer and GEMM times only up to this size
 
@@ -81,22 +83,22 @@ def bench_layer(T, E, peaks):
     if naive:
         timed.insert(1, ("multi-kernel naive", _naive_layer, {"validate": False}))
     for name, fn, kw in timed:
-        t = gpulab.bench(fn, x, w1, w2, idx, w, warmup=2, reps=few, max_seconds=1.0, name=name, **kw)
+        t = harness.bench(fn, x, w1, w2, idx, w, warmup=2, reps=few, max_seconds=1.0, name=name, **kw)
         rl = gpulab.roofline(t.median_ms, nbytes, flops, peaks)
         row[name] = {"ms": round(t.median_ms, 4), "tflops": round(rl.achieved_gflops / 1e3, 2),
                      "roofline_fraction": round(rl.fraction, 3)}
     # the steps of the multi-kernel path, at this size
     perm = K.permute(idx, E, validate=False)
-    row["permute ms"] = round(gpulab.bench(K.permute, idx, E, None, False, warmup=2, reps=few).median_ms, 4)
+    row["permute ms"] = round(harness.bench(K.permute, idx, E, None, False, warmup=2, reps=few).median_ms, 4)
     xs = K.gather_rows(x, perm)
     gemm_flops = 2 * T * TOPK * H * F
     tiles = K.gemm_tiles(perm)
-    gemm_ms = gpulab.bench(K.grouped_gemm, xs, w1, perm, "silu", tiles=tiles, warmup=2, reps=few,
+    gemm_ms = harness.bench(K.grouped_gemm, xs, w1, perm, "silu", tiles=tiles, warmup=2, reps=few,
                            max_seconds=1.0).median_ms
     row["grouped GEMM 1 ms"] = round(gemm_ms, 4)
     row["grouped GEMM 1 TFLOP/s"] = round(gemm_flops / gemm_ms / 1e9, 2)
     if naive:
-        naive_ms = gpulab.bench(K.grouped_gemm_naive, xs, w1, perm, "silu", warmup=2, reps=few,
+        naive_ms = harness.bench(K.grouped_gemm_naive, xs, w1, perm, "silu", warmup=2, reps=few,
                                  max_seconds=1.0).median_ms
         row["naive GEMM 1 ms"] = round(naive_ms, 4)
         row["naive GEMM 1 TFLOP/s"] = round(gemm_flops / naive_ms / 1e9, 2)
@@ -149,17 +151,14 @@ def bench_offload():
     return results
 
 
-def main():
-    if not gpulab.ON_GPU:
-        raise SystemExit("this benchmark needs a CUDA GPU (gpulab runs on the simulator here)")
+def measure(quick: bool) -> dict:
     torch.backends.cuda.matmul.allow_tf32 = False
     torch.backends.cudnn.allow_tf32 = False
     start = time.time()
     peaks = gpulab.machine_peaks()
-    info = gpulab.runtime.describe()
     rows = []
-    for T in TOKENS:
-        for E in EXPERTS:
+    for T in (QUICK_TOKENS if quick else TOKENS):
+        for E in (QUICK_EXPERTS if quick else EXPERTS):
             if time.time() - start > BUDGET_S:
                 print(f"(time budget reached: skipping T={T}, E={E})", file=sys.stderr)
                 continue
@@ -168,50 +167,75 @@ def main():
             naive = row.get("multi-kernel naive", {}).get("ms", float("nan"))
             print(f"T={T:6d} E={E:3d}  torch {row['torch loop']['ms']:9.3f} ms  naive multi {naive:9.3f} ms  "
                   f"multi {row['multi-kernel']['ms']:9.3f} ms ({row['multi-kernel']['tflops']:5.2f} TFLOP/s)  "
-                  f"GEMM1 naive {row.get('naive GEMM 1 TFLOP/s', float('nan')):5.2f} / reg-tiled "
-                  f"{row['grouped GEMM 1 TFLOP/s']:5.2f} TFLOP/s  "
-                  f"fused {row['fused']['ms']:9.3f} ms ({row['fused']['tflops']:5.2f} TFLOP/s)  "
-                  f"bound {row['bound ms']:.3f} ms", flush=True)
+                  f"fused {row['fused']['ms']:9.3f} ms  bound {row['bound ms']:.3f} ms", flush=True)
     offload = bench_offload()
     for run in offload["runs"]:
         print(run, flush=True)
-    result = {"gpu": info.get("gpu"), "date": datetime.date.today().isoformat(), "versions": info,
-              "peaks": {"copy GB/s": peaks.copy_gbps, "fp32 GFLOP/s": peaks.fp32_gflops},
-              "shape": {"hidden": H, "ffn": F, "top_k": TOPK, "dtype": "float32"},
-              "layer": rows, "offload": offload, "seconds": round(time.time() - start, 1)}
-    out = Path(__file__).parent / "results"
-    out.mkdir(exist_ok=True)
-    (out / "11_moe.json").write_text(json.dumps(result, indent=1))
-    lines = [f"# Chapter 11 benchmark: MoE kernels and expert offload",
-             "", f"{info.get('gpu')}, {result['date']}; torch {info['torch']}, numba-cuda {info['numba-cuda']}.",
-             f"Measured ceilings: copy {peaks.copy_gbps:.0f} GB/s, FP32 {peaks.fp32_gflops / 1e3:.1f} TFLOP/s.",
-             f"MoE FFN top-{TOPK}, hidden {H}, FFN {F}, FP32 (TF32 off). Medians of CUDA events after warm-up.",
-             "The FP32 roofline bound is the FLOP count over the measured FP32 peak (these sizes are compute-bound).",
-             f"Multi-kernel: the layer with the naive 16x16 grouped GEMM and with the register-tiled one "
-             f"({K.BM}x{K.BN}x{K.BK} block tile, {K.TM}x{K.TN} per thread; `gemm='auto'` picks it from {K.REGTILE_MIN_ROWS_PER_EXPERT} rows per expert). GEMM 1: the first grouped "
-             f"GEMM alone (T*k x {H} times {H} x {F}, silu). The naive kernel is not timed above {NAIVE_MAX_TOKENS} tokens (-).",
-             "", "| tokens | experts | torch loop (ms) | multi naive (ms) | multi reg-tiled (ms) | fused (ms) | "
-             "multi naive TFLOP/s | multi reg-tiled TFLOP/s | fused TFLOP/s | GEMM 1 naive TFLOP/s | "
-             "GEMM 1 reg-tiled TFLOP/s | bound (ms) | permute (ms) |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    return {"peaks": {"copy GB/s": peaks.copy_gbps, "fp32 GFLOP/s": peaks.fp32_gflops},
+            "shape": {"hidden": H, "ffn": F, "top_k": TOPK, "dtype": "float32"},
+            "gemm": {"tile": f"{K.BM}x{K.BN}x{K.BK}", "per_thread": f"{K.TM}x{K.TN}",
+                     "auto_regtile_from_rows_per_expert": K.REGTILE_MIN_ROWS_PER_EXPERT,
+                     "naive_max_tokens": NAIVE_MAX_TOKENS},
+            "layer": rows, "offload": offload, "seconds": round(time.time() - start, 1)}
+
+
+def layer_table(rows) -> dict:
+    out = []
     for r in rows:
         nv = r.get("multi-kernel naive", {})
-        lines.append(f"| {r['tokens']} | {r['experts']} | {r['torch loop']['ms']} | {nv.get('ms', '-')} | "
-                     f"{r['multi-kernel']['ms']} | {r['fused']['ms']} | {nv.get('tflops', '-')} | "
-                     f"{r['multi-kernel']['tflops']} | {r['fused']['tflops']} | {r.get('naive GEMM 1 TFLOP/s', '-')} | "
-                     f"{r['grouped GEMM 1 TFLOP/s']} | {r['bound ms']} | {r['permute ms']} |")
-    lines += ["", f"## Expert offload ({offload['layers']} layers x {offload['experts']} experts of "
-              f"{offload['expert MB']} MB, {offload['slots per layer']} GPU slots per layer, "
-              f"{offload['tokens per step']} tokens per step)",
-              "", f"Pinned host-to-device peak (one 256 MiB copy): {offload['pinned H2D peak GB/s']} GB/s.", "",
-              "| policy | hit rate | copies | GB moved | wall (ms) | copy busy (ms) | compute busy (ms) | H2D GB/s | of peak | copy hidden |",
-              "|---|---|---|---|---|---|---|---|---|---|"]
-    for r in offload["runs"]:
-        lines.append(f"| {r['policy']} | {r['hit rate']} | {r['copies']} | {r['GB moved']} | {r['wall ms']} | "
-                     f"{r['copy busy ms']} | {r['compute busy ms']} | {r['achieved H2D GB/s']} | {r['of peak']} | "
-                     f"{r['copy time hidden by compute']} |")
-    (out / "11_moe.md").write_text("\n".join(lines) + "\n")
-    print(f"wrote {out / '11_moe.md'} in {time.time() - start:.0f} s")
+        out.append([r["tokens"], r["experts"], r["torch loop"]["ms"], nv.get("ms", "-"), r["multi-kernel"]["ms"],
+                    r["fused"]["ms"], nv.get("tflops", "-"), r["multi-kernel"]["tflops"], r["fused"]["tflops"],
+                    r.get("naive GEMM 1 TFLOP/s", "-"), r["grouped GEMM 1 TFLOP/s"], r["bound ms"], r["permute ms"]])
+    return {"columns": ["tokens", "experts", "torch loop (ms)", "multi naive (ms)", "multi reg-tiled (ms)",
+                        "fused (ms)", "multi naive TFLOP/s", "multi reg-tiled TFLOP/s", "fused TFLOP/s",
+                        "GEMM 1 naive TFLOP/s", "GEMM 1 reg-tiled TFLOP/s", "bound (ms)", "permute (ms)"],
+            "rows": [[str(c) for c in row] for row in out]}
+
+
+def report(data: dict, meta: dict | None = None, quick: bool = False) -> gb.Results:
+    """The results of one run, from its measurements (also used to convert older files)."""
+    rows, offload, peaks, gemm, shape = data["layer"], data["offload"], data["peaks"], data["gemm"], data["shape"]
+    results = gb.Results(STEM, TITLE, meta=meta, data=data, quick=quick)
+    expert_counts = sorted({r["experts"] for r in rows})
+    for r in rows:   # the fewest and the most experts at every token count
+        if r["experts"] in (expert_counts[0], expert_counts[-1]):
+            results.headline(f"MoE FFN, {r['tokens']} tokens, {r['experts']} experts (ms)", r["multi-kernel"]["ms"],
+                             "torch loop over experts (cuBLAS FP32)", r["torch loop"]["ms"], goal=GOAL_VS_TORCH,
+                             unit="ms", note="numba multi-kernel path, register-tiled grouped GEMM; same run")
+    best = max(offload["runs"], key=lambda run: run["achieved H2D GB/s"])
+    results.headline("expert offload, host-to-device bandwidth (GB/s)", best["achieved H2D GB/s"],
+                     "pinned copy peak (one 256 MiB copy)", offload["pinned H2D peak GB/s"], goal=0.9,
+                     lower_is_better=False, unit="GB/s", note=f"policy {best['policy']}; same run")
+    results.section(
+        "MoE FFN layer",
+        [f"Measured ceilings: copy {peaks['copy GB/s']:.0f} GB/s, FP32 {peaks['fp32 GFLOP/s'] / 1e3:.1f} TFLOP/s. "
+         f"MoE FFN top-{shape['top_k']}, hidden {shape['hidden']}, FFN {shape['ffn']}, FP32 (TF32 off). Medians of "
+         "CUDA events after warm-up. The FP32 roofline bound is the FLOP count over the measured FP32 peak (these "
+         "sizes are compute-bound).",
+         f"Multi-kernel: the layer with the naive 16x16 grouped GEMM and with the register-tiled one "
+         f"({gemm['tile']} block tile, {gemm['per_thread']} per thread; in this run `gemm='auto'` picked it from "
+         f"{gemm['auto_regtile_from_rows_per_expert']} rows per expert, and every column names its GEMM "
+         f"explicitly). GEMM 1: the first grouped GEMM alone (T*k x {shape['hidden']} times {shape['hidden']} x "
+         f"{shape['ffn']}, silu). The naive kernel is not timed above {gemm['naive_max_tokens']} tokens (-)."],
+        table=layer_table(rows))
+    results.section(
+        f"Expert offload ({offload['layers']} layers x {offload['experts']} experts of {offload['expert MB']} MB, "
+        f"{offload['slots per layer']} GPU slots per layer, {offload['tokens per step']} tokens per step)",
+        f"Pinned host-to-device peak (one 256 MiB copy): {offload['pinned H2D peak GB/s']} GB/s.",
+        table={"columns": ["policy", "hit rate", "copies", "GB moved", "wall (ms)", "copy busy (ms)",
+                           "compute busy (ms)", "H2D GB/s", "of peak", "copy hidden"],
+               "rows": [[str(r[k]) for k in ("policy", "hit rate", "copies", "GB moved", "wall ms", "copy busy ms",
+                                             "compute busy ms", "achieved H2D GB/s", "of peak",
+                                             "copy time hidden by compute")] for r in offload["runs"]]})
+    return results
+
+
+def main(argv=None):
+    args = gb.parse_args(__doc__, argv)
+    gb.require_gpu(f"benchmarks/{STEM}.py")
+    data = measure(args.quick)
+    report(data, quick=args.quick).write(args.out)
+    print(f"done in {data['seconds']:.0f} s")
 
 
 if __name__ == "__main__":
