@@ -130,6 +130,8 @@ def cmd_bench(args) -> int:
     try:
         runpy.run_path(str(script), run_name="__main__")
     except SystemExit as exc:
+        if isinstance(exc.code, str):  # the script's reason for stopping (e.g. no GPU): show it
+            print(exc.code, file=sys.stderr)
         return exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
     return 0
 
