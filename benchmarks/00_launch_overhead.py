@@ -19,7 +19,7 @@ import torch
 from numba import cuda
 
 import gpulab
-import gpulab.bench as gb
+import gpulab.benchmark as gb
 from gpulab import launch as gl
 
 STEM, TITLE = "00_launch_overhead", "Launch overhead"

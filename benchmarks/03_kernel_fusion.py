@@ -2,7 +2,7 @@
 
 Run on a GPU:  python benchmarks/03_kernel_fusion.py [--quick]   (or: gpulab bench 03;
 about 40 s on an H200). Writes benchmarks/results/03_kernel_fusion.{json,md}, the md
-rendered from the json by gpulab.bench.
+rendered from the json by gpulab.benchmark.
 
 1. Vertical fusion: chains of 2, 4, 8, 16 elementwise ops (affine, relu, clamp, sigmoid,
    repeating, as in ANCHORS.md) on 2^24 .. 2^28 float32 elements. The fused kernel moves
@@ -23,7 +23,7 @@ import time
 import torch
 
 import gpulab
-import gpulab.bench as gb
+import gpulab.benchmark as gb
 from gpulab import fusion as fk
 from gpulab import harness
 

@@ -20,7 +20,7 @@ import time
 import torch
 
 import gpulab
-import gpulab.bench as gb
+import gpulab.benchmark as gb
 from gpulab import harness, splat
 from gpulab.splat import kernels as K, torch_impl as T
 from gpulab.splat.profile import STAGES, time_stages, work_counts

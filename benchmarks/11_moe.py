@@ -16,7 +16,7 @@ Part 2, expert offload: experts in pinned host memory, copies on their own strea
 compute, replaying a routing trace; the achieved host-to-device bandwidth against the
 measured pinned-copy peak, and how much of the copy time compute hides.
 
-Writes benchmarks/results/11_moe.json and the .md rendered from it (gpulab.bench).
+Writes benchmarks/results/11_moe.json and the .md rendered from it (gpulab.benchmark).
 """
 from __future__ import annotations
 
@@ -26,7 +26,7 @@ import time
 import torch
 
 import gpulab
-import gpulab.bench as gb
+import gpulab.benchmark as gb
 from gpulab import harness
 from gpulab.moe import kernels as K
 from gpulab.moe import offload as off

@@ -22,7 +22,7 @@ import time
 from pathlib import Path
 
 import gpulab
-import gpulab.bench as gb
+import gpulab.benchmark as gb
 from gpulab.kernelagent import Verifier, get_task, planted_candidates
 from gpulab.kernelagent.agent import load_dataset, run_search
 from gpulab.kernelagent.planted import RELU_SOURCE

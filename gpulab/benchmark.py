@@ -4,7 +4,7 @@ A chapter's benchmark answers one question: how fast are the course's kernels on
 GPU, next to torch and the field's best library, measured side by side in the same run?
 This module gives each script the same pieces, so a script only declares what it measures:
 
-    import gpulab.bench as gb              # (``from gpulab import bench`` is the timing function)
+    import gpulab.benchmark as gb
 
     args = gb.parse_args(__doc__)          # --quick for a smoke run, --out for another folder
     gb.require_gpu()                       # a clear exit on a machine without a CUDA GPU
@@ -216,7 +216,7 @@ def sweep(x_name: str, x_values: Sequence, make_inputs: Callable, lines: dict, *
         raise ValueError("sweep needs at least one line to time")
     for label, line in lines.items():
         if not (callable(line) or isinstance(line, Missing)):
-            raise TypeError(f"line {label!r} must be a function to time or gpulab.bench.Missing, "
+            raise TypeError(f"line {label!r} must be a function to time or gpulab.benchmark.Missing, "
                             f"got {type(line).__name__}")
     timer = timer or (lambda fn: _median_ms(fn, **bench_kw))
     clock = "cuda events" if runtime.ON_GPU else "cpu wall time (simulator: says nothing about a GPU)"
@@ -401,7 +401,7 @@ def render(results: dict) -> str:
     versions = ", ".join(f"{k} {meta[k]}" for k in ("torch", "numba-cuda", "triton", "python")
                          if meta.get(k) not in (None, "not installed"))
     lines = [f"# {results['title']} ({results['gpu']}, {results['date']})", "",
-             "<!-- rendered from the .json beside this file by gpulab.bench.render: do not edit by hand -->", ""]
+             "<!-- rendered from the .json beside this file by gpulab.benchmark.render: do not edit by hand -->", ""]
     if results.get("quick"):
         lines += ["**Quick run** (`--quick`, small sizes): a smoke test, not the chapter's figures.", ""]
     if versions:
@@ -421,14 +421,3 @@ def render(results: dict) -> str:
         for paragraph in section.get("after") or []:
             lines += [paragraph, ""]
     return "\n".join(lines).rstrip() + "\n"
-
-
-# ``gpulab.bench`` was, and in notebooks still is, the timing function of gpulab.harness.
-# Importing this module makes Python bind ``gpulab.bench`` to the module, so the module
-# is made callable: ``gpulab.bench(fn, ...)`` keeps timing ``fn`` whichever was imported.
-class _CallableModule(types.ModuleType):
-    def __call__(self, *args, **kwargs):
-        return harness.bench(*args, **kwargs)
-
-
-sys.modules[__name__].__class__ = _CallableModule

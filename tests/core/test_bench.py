@@ -1,4 +1,4 @@
-"""The benchmark harness (gpulab.bench) and the results every benchmark script records."""
+"""The benchmark harness (gpulab.benchmark) and the results every benchmark script records."""
 import ast
 import importlib.util
 import json
@@ -8,7 +8,7 @@ import pytest
 import torch
 
 import gpulab
-import gpulab.bench as gb
+import gpulab.benchmark as gb
 
 ROOT = Path(__file__).resolve().parents[2]
 BENCHMARKS = ROOT / "benchmarks"
@@ -45,7 +45,7 @@ def test_results_follow_the_schema(path):
 @pytest.mark.parametrize("path", RESULTS, ids=lambda p: p.stem)
 def test_markdown_is_the_rendering_of_the_json(path):
     assert path.with_suffix(".md").read_text() == gb.render(gb.load(path)), \
-        f"{path.with_suffix('.md').name} was edited by hand or is stale: rerender it with gpulab.bench.render"
+        f"{path.with_suffix('.md').name} was edited by hand or is stale: rerender it with gpulab.benchmark.render"
 
 
 @pytest.mark.parametrize("path", SCRIPTS, ids=lambda p: p.stem)
@@ -61,7 +61,7 @@ def test_script_uses_the_harness_and_writes_nothing_itself(path):
     source = path.read_text()
     imports = {alias.name for node in ast.walk(ast.parse(source)) if isinstance(node, ast.Import)
                for alias in node.names}
-    assert "gpulab.bench" in imports
+    assert "gpulab.benchmark" in imports
     for own_plumbing in ("json.dumps", "write_text", "datetime", "get_device_properties", "ON_GPU"):
         assert own_plumbing not in source, f"{path.name} still has its own {own_plumbing}"
     assert "gb.require_gpu(" in source and "gb.parse_args(" in source and ".write(args.out)" in source
