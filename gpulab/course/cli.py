@@ -72,23 +72,70 @@ def cmd_exercises(args) -> int:
             return 1
         print("exercises/ is up to date")
         return 0
-    written = generate_all(root)
-    for path in written:
+    result = generate_all(root, force=args.force)
+    for path, backup in result.replaced:
+        print(f"kept your edited {path.relative_to(root)} as {backup.relative_to(root)}")
+    for path in result.written:
         print(f"wrote {path.relative_to(root)}")
-    if not written:
+    for path in result.kept:
+        print(f"not replaced: {path.relative_to(root)} may hold your work (its cells differ from what "
+              "`gpulab exercises` wrote). A newer version is ready: `gpulab exercises --force` writes it, "
+              "after keeping your file as a dated backup beside it.", file=sys.stderr)
+    if not (result.written or result.kept):
         print("exercises/ was already up to date")
     return 0
 
 
-def cmd_grade(args) -> int:
-    from gpulab.course.grading import grade_notebook
+def _grade_error(message: str) -> int:
+    print(f"gpulab grade: {message}", file=sys.stderr)
+    return 2
 
-    solution = Path(args.solution) if args.solution else None
-    report = grade_notebook(Path(args.path), solution=solution, cell_timeout=args.timeout)
-    print(report.text())
+
+def cmd_grade(args) -> int:
+    """Grade one notebook or a folder of them; exit 2 when it cannot grade, 1 under
+    ``--fail-under``."""
+    from gpulab.course import grading
+
+    if args.fail_under is not None and not 0 <= args.fail_under <= 1:
+        return _grade_error(f"--fail-under is a fraction of the maximum score, 0 to 1 (got {args.fail_under:g})")
+    if args.chapter is not None:
+        from .registry import chapter
+
+        try:
+            chapter(args.chapter)
+        except KeyError as exc:
+            return _grade_error(exc.args[0])
+    path = Path(args.path)
+    options = dict(solution=Path(args.solution) if args.solution else None, chapter=args.chapter,
+                   use_submission_checks=args.use_submission_checks, cell_timeout=args.timeout)
+    try:
+        if path.is_dir():
+            book = grading.grade_folder(path, **options)
+            if not book.reports:
+                return _grade_error(f"no notebooks (*.ipynb) in {path}")
+            reports, text = book.reports, book.text()
+            json_text, csv_text = book.to_json(), book.to_csv()
+        else:
+            report = grading.grade_notebook(path, **options)
+            reports, text, json_text, csv_text = [report], report.text(), report.to_json(), None
+    except (FileNotFoundError, ValueError) as exc:
+        return _grade_error(str(exc))
+    print(text)
+    for report in reports:
+        grading.warn_own_checks(report)
     if args.json:
-        Path(args.json).write_text(report.to_json())
-    return 0
+        Path(args.json).write_text(json_text + "\n")
+    if args.csv:
+        if csv_text is None:
+            csv_text = grading.Gradebook(str(path.parent), reports).to_csv()
+        Path(args.csv).write_text(csv_text)
+    if not path.is_dir() and reports[0].error:
+        return _grade_error(reports[0].error)
+    below = [r for r in reports if args.fail_under is not None and r.fraction < args.fail_under]
+    for report in below:
+        print(f"gpulab grade: {Path(report.notebook).name} scored {report.fraction:.0%}, "
+              f"below --fail-under {args.fail_under:g}", file=sys.stderr)
+    return 1 if below else 0
 
 
 def cmd_chapters(args) -> int:
