@@ -1,18 +1,12 @@
-"""Chapter 00: the first kernels against torch, and assignment 00's checks against
-plausible wrong answers."""
-import math
-
+"""Chapter 00: the first kernels against torch, and what assignment 00's checks refuse
+before running anything (its planted wrong answers run in tests/course/test_planted.py)."""
 import pytest
 import torch
-from numba import cuda, float32
-
 import gpulab
 from gpulab.basics import (BLOCK, block_sums, reference_block_sums, reference_sum, vector_add,
                            vector_sum)
-from gpulab.basics import assignment as a00
+from gpulab.course.checks import ch00_start_here as a00
 from gpulab.course.feedback import TaskFailed
-
-TB = a00.TASK_BLOCK
 
 
 def _vec(n, gen):
@@ -48,170 +42,23 @@ def test_bad_input_is_refused(bad, err, match):
         bad()
 
 
-# ----------------------------------------------------------- assignment 00, task 1
+# ----------------------------------------------------------- assignment 00
 
-@gpulab.kernel
-def brighten_right(img, out, gain, bias):
-    c, r = cuda.grid(2)
-    if r < out.shape[0] and c < out.shape[1]:
-        out[r, c] = min(gain * img[r, c] + bias, 1.0)
-
-
-@gpulab.kernel
-def brighten_swapped(img, out, gain, bias):
-    r, c = cuda.grid(2)                       # x taken as the row
-    if r < out.shape[0] and c < out.shape[1]:
-        out[r, c] = min(gain * img[r, c] + bias, 1.0)
-
-
-@gpulab.kernel
-def brighten_off_by_one(img, out, gain, bias):
-    c, r = cuda.grid(2)
-    if r <= out.shape[0] - 1 and c <= out.shape[1]:   # one column too far
-        out[r, c] = min(gain * img[r, min(c, img.shape[1] - 1)] + bias, 1.0)
-
-
-@gpulab.kernel
-def brighten_no_clamp(img, out, gain, bias):
-    c, r = cuda.grid(2)
-    if r < out.shape[0] and c < out.shape[1]:
-        out[r, c] = gain * img[r, c] + bias
-
-
-def test_task1_accepts_the_right_answer():
-    a00.check_brighten(brighten_right, hidden=True)
-
-
-@pytest.mark.parametrize("wrong", [brighten_swapped, brighten_off_by_one, brighten_no_clamp])
-def test_task1_rejects_wrong_answers(wrong):
-    with pytest.raises(TaskFailed, match="Task 1"):
-        a00.check_brighten(wrong)
-
-
-def test_task1_rejects_a_plain_function():
+def test_kernel_tasks_refuse_a_plain_function():
     with pytest.raises(TaskFailed, match="decorated with @gpulab.kernel"):
         a00.check_brighten(lambda img, out, g, b: out.copy_(img))
+    with pytest.raises(TaskFailed, match="decorated with @gpulab.kernel"):
+        a00.check_block_sums(lambda x, partial: None)
 
 
-# ----------------------------------------------------------- assignment 00, task 2
-
-@gpulab.kernel
-def sums_right(x, partial):
-    cache = cuda.shared.array(TB, dtype=float32)
-    t = cuda.threadIdx.x
-    i = cuda.grid(1)
-    cache[t] = x[i] if i < x.size else float32(0.0)
-    cuda.syncthreads()
-    step = TB // 2
-    while step > 0:
-        if t < step:
-            cache[t] += cache[t + step]
-        cuda.syncthreads()
-        step //= 2
-    if t == 0:
-        partial[cuda.blockIdx.x] = cache[0]
+def test_vector_sum_refuses_something_not_callable():
+    with pytest.raises(TaskFailed, match="pass a callable"):
+        a00.check_vector_sum(42)
 
 
-@gpulab.kernel
-def sums_reads_past_end(x, partial):
-    cache = cuda.shared.array(TB, dtype=float32)
-    t = cuda.threadIdx.x
-    i = cuda.grid(1)
-    cache[t] = x[i]                            # no bounds check
-    cuda.syncthreads()
-    step = TB // 2
-    while step > 0:
-        if t < step:
-            cache[t] += cache[t + step]
-        cuda.syncthreads()
-        step //= 2
-    if t == 0:
-        partial[cuda.blockIdx.x] = cache[0]
+def test_an_exercise_stub_reads_as_not_done():
+    def vector_sum(x):
+        raise NotImplementedError("write vector_sum")
 
-
-@gpulab.kernel
-def sums_no_sync(x, partial):
-    cache = cuda.shared.array(TB, dtype=float32)
-    t = cuda.threadIdx.x
-    i = cuda.grid(1)
-    cache[t] = x[i] if i < x.size else float32(0.0)
-    step = TB // 2                             # no barrier before or during the tree
-    while step > 0:
-        if t < step:
-            cache[t] += cache[t + step]
-        step //= 2
-    if t == 0:
-        partial[cuda.blockIdx.x] = cache[0]
-
-
-@gpulab.kernel
-def sums_short_tree(x, partial):
-    cache = cuda.shared.array(TB, dtype=float32)
-    t = cuda.threadIdx.x
-    i = cuda.grid(1)
-    cache[t] = x[i] if i < x.size else float32(0.0)
-    cuda.syncthreads()
-    step = TB // 2
-    while step > 1:                            # stops one step early
-        if t < step:
-            cache[t] += cache[t + step]
-        cuda.syncthreads()
-        step //= 2
-    if t == 0:
-        partial[cuda.blockIdx.x] = cache[0]
-
-
-def test_task2_accepts_the_right_answer():
-    a00.check_block_sums(sums_right, hidden=True)
-
-
-@pytest.mark.parametrize("wrong", [sums_reads_past_end, sums_no_sync, sums_short_tree])
-def test_task2_rejects_wrong_answers(wrong):
-    with pytest.raises(TaskFailed, match="Task 2"):
-        a00.check_block_sums(wrong)
-
-
-# ----------------------------------------------------------- assignment 00, task 3
-
-def sum_right(x):
-    while x.numel() > 1:
-        partial = torch.empty(math.ceil(x.numel() / TB), device=x.device)
-        sums_right[partial.numel(), TB](x, partial)
-        x = partial
-    return x.clone()
-
-
-def sum_drops_last_block(x):
-    while x.numel() > 1:
-        partial = torch.empty(max(1, x.numel() // TB), device=x.device)
-        sums_right[partial.numel(), TB](x, partial)
-        x = partial
-    return x
-
-
-def sum_one_pass(x):
-    partial = torch.empty(math.ceil(x.numel() / TB), device=x.device)
-    sums_right[partial.numel(), TB](x, partial)
-    return partial[:1]
-
-
-def sum_with_torch(x):
-    partial = torch.empty(math.ceil(x.numel() / TB), device=x.device)
-    sums_right[partial.numel(), TB](x, partial)
-    return partial.sum().reshape(1)
-
-
-def sum_with_reference(x):
-    return reference_sum(x)
-
-
-def test_task3_accepts_the_right_answer():
-    a00.check_vector_sum(sum_right, hidden=True)
-
-
-@pytest.mark.parametrize("wrong, why", [(sum_drops_last_block, "Task 3"), (sum_one_pass, "Task 3"),
-                                        (sum_with_torch, "torch.sum|Tensor.sum"),
-                                        (sum_with_reference, "reference")])
-def test_task3_rejects_wrong_answers(wrong, why):
-    with pytest.raises(TaskFailed, match=why):
-        a00.check_vector_sum(wrong)
+    with pytest.raises(TaskFailed, match="not done yet"):
+        a00.check_vector_sum(vector_sum)
