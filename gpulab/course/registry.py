@@ -17,7 +17,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-__all__ = ["Paper", "Chapter", "CHAPTERS", "chapter", "READY", "PLANNED", "course_root"]
+__all__ = ["Paper", "Chapter", "CHAPTERS", "chapter", "READY", "PLANNED", "course_root", "readme_table",
+           "README_BEGIN", "README_END"]
 
 READY = "ready"
 PLANNED = "planned"
@@ -29,6 +30,16 @@ class Paper:
     title: str
     arxiv: str | None  # None only where the work has no arXiv version (then ``venue`` says where)
     venue: str = ""
+
+
+    @property
+    def short_name(self) -> str:
+        """The name before the subtitle ("QMoE" for "QMoE: Practical ..."), for tables."""
+        return self.title.split(": ")[0]
+
+    @property
+    def url(self) -> str:
+        return f"https://arxiv.org/abs/{self.arxiv}" if self.arxiv else ""
 
 
 @dataclass(frozen=True)
@@ -213,6 +224,27 @@ def chapter(key: str | int) -> Chapter:
             return ch
     known = ", ".join(f"{c.number} ({c.slug})" for c in CHAPTERS)
     raise KeyError(f"no chapter {key!r}; the chapters are {known}")
+
+
+README_BEGIN = "<!-- chapters:begin -->"
+README_END = "<!-- chapters:end -->"
+
+
+def _paper_cell(paper: Paper) -> str:
+    return f"[{paper.short_name}]({paper.url})" if paper.url else f"{paper.short_name} ({paper.venue})"
+
+
+def readme_table() -> str:
+    """The README's chapter table, rendered from the registry (a test holds them equal).
+
+    A ready chapter links its lecture; each paper links its arXiv page.
+    """
+    rows = ["| ch | chapter | papers | status |", "|---|---|---|---|"]
+    for ch in CHAPTERS:
+        name = f"[{ch.title}]({ch.lecture.as_posix()})" if ch.ready else ch.title
+        papers = "; ".join(_paper_cell(p) for p in ch.papers) or "—"
+        rows.append(f"| {ch.number} | {name} | {papers} | {ch.status} |")
+    return "\n".join(rows)
 
 
 def course_root(start: Path | None = None) -> Path:

@@ -1,0 +1,285 @@
+"""The course contract: every chapter in the registry is held to docs/AUTHORING.md.
+
+Walks :data:`gpulab.course.registry.CHAPTERS`. For every chapter: numbers and slugs are
+unique and consistent. For chapters that exist (ready, or with a lecture on disk): their
+lecture, solution, exercise and benchmark script exist, the notebooks carry no outputs,
+the exercise is what ``gpulab exercises`` would write, the tests folder exists, and the
+lecture names each paper by title and arXiv id. For ready chapters: the graded checks
+module imports and the results file holds the schema of the benchmark harness
+(``gpulab.benchmark``). For every
+family with a torch and a numba twin: the functions both offer have the same parameters.
+And README.md's chapter table is the one the registry renders.
+"""
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import inspect
+import json
+import re
+from pathlib import Path
+
+import nbformat
+import pytest
+
+from gpulab.course import registry
+from gpulab.course.exercises import stale_exercises
+from gpulab.course.registry import CHAPTERS, README_BEGIN, README_END, readme_table
+
+ROOT = Path(__file__).resolve().parents[2]
+HEADLINE_KEYS = {"metric", "ours", "peer", "peer_value", "ratio", "goal", "lower_is_better"}
+
+
+def _exists(ch) -> bool:
+    return ch.ready or (ROOT / ch.lecture).exists()
+
+
+EXISTING = [ch for ch in CHAPTERS if _exists(ch)]
+READY = [ch for ch in CHAPTERS if ch.ready]
+
+
+def _ids(chapters):
+    return [ch.stem for ch in chapters]
+
+
+# ------------------------------------------------------------------ the registry itself
+
+def test_registry_lists_nineteen_chapters_numbered_in_order():
+    assert [ch.number for ch in CHAPTERS] == [f"{n:02d}" for n in range(19)]
+    assert len({ch.slug for ch in CHAPTERS}) == len(CHAPTERS), "two chapters share a slug"
+    for ch in CHAPTERS:
+        assert re.fullmatch(r"[a-z0-9]+(_[a-z0-9]+)*", ch.slug), f"{ch.number}: slug {ch.slug!r}"
+        assert registry.chapter(ch.number) is ch and registry.chapter(ch.slug) is ch
+        assert ch.lecture.name == ch.solution.name == ch.exercise.name == f"{ch.stem}.ipynb"
+        assert ch.tests.name == f"ch{ch.stem}"
+        assert ch.title and ch.title == ch.title.strip()
+
+
+def test_every_paper_has_an_arxiv_id_or_a_venue():
+    for ch in CHAPTERS:
+        for paper in ch.papers:
+            if paper.arxiv is None:
+                assert paper.venue, f"{ch.number}: {paper.title!r} has neither an arXiv id nor a venue"
+            else:
+                assert re.fullmatch(r"\d{4}\.\d{4,5}", paper.arxiv), f"{ch.number}: bad id {paper.arxiv!r}"
+
+
+def test_every_chapter_but_the_first_cites_papers():
+    assert not CHAPTERS[0].papers   # chapter 00 teaches the tools
+    assert all(ch.papers for ch in CHAPTERS[1:]), [ch.number for ch in CHAPTERS[1:] if not ch.papers]
+
+
+def test_families_named_by_the_registry_exist_for_ready_chapters():
+    for ch in READY:
+        for family in (ch.family, *ch.extra_families):
+            if family is not None:
+                assert (ROOT / "gpulab" / family / "__init__.py").exists(), f"{ch.number}: no gpulab/{family}/"
+
+
+# ------------------------------------------------------------------ chapters that exist
+
+@pytest.mark.parametrize("ch", EXISTING, ids=_ids(EXISTING))
+def test_chapter_files_exist(ch):
+    missing = [str(p) for p in (ch.lecture, ch.solution, ch.exercise, ch.benchmark, ch.tests)
+               if not (ROOT / p).exists()]
+    assert not missing, f"chapter {ch.number} lacks {', '.join(missing)}"
+
+
+@pytest.mark.parametrize("ch", EXISTING, ids=_ids(EXISTING))
+def test_chapter_notebooks_are_stored_without_outputs(ch):
+    for path in (ch.lecture, ch.solution, ch.exercise):
+        nb = nbformat.read(ROOT / path, as_version=4)
+        dirty = [i for i, c in enumerate(nb.cells)
+                 if c.cell_type == "code" and (c.get("outputs") or c.get("execution_count") is not None)]
+        assert not dirty, f"{path}: cells {dirty} have outputs (clear them before committing)"
+
+
+@pytest.mark.parametrize("ch", EXISTING, ids=_ids(EXISTING))
+def test_chapter_exercise_is_fresh(ch):
+    stale = [name for name in stale_exercises(ROOT) if name.split(" ")[0] == ch.exercise.name]
+    assert not stale, f"{ch.exercise} is stale: run `gpulab exercises` and commit it"
+
+
+def _lecture_text(path: Path) -> str:
+    """The lecture's markdown, flattened: lower case, emphasis and line breaks removed."""
+    nb = nbformat.read(path, as_version=4)
+    text = " ".join(c.source for c in nb.cells if c.cell_type == "markdown")
+    text = re.sub(r"[*`]", "", text)
+    return re.sub(r"\s+", " ", text).lower()
+
+
+def _flat(title: str) -> str:
+    return re.sub(r"\s+", " ", title).lower()
+
+
+@pytest.mark.parametrize("ch", EXISTING, ids=_ids(EXISTING))
+def test_lecture_names_each_paper_by_title_and_arxiv_id(ch):
+    text = _lecture_text(ROOT / ch.lecture)
+    missing = []
+    for paper in ch.papers:
+        if _flat(paper.title) not in text:
+            missing.append(f"the title {paper.title!r}")
+        if paper.arxiv and paper.arxiv not in text:
+            missing.append(f"the arXiv id {paper.arxiv} ({paper.short_name})")
+    assert not missing, f"{ch.lecture} does not name " + "; ".join(missing)
+
+
+# ------------------------------------------------------------------ ready chapters
+
+def _old_assignment(ch) -> Path:
+    return ROOT / "gpulab" / (ch.family or "") / "assignment.py"
+
+
+def _checks_params():
+    for ch in READY:
+        old = _old_assignment(ch)
+        marks = [pytest.mark.xfail(old.exists(), strict=True,
+                                   reason=f"{old.relative_to(ROOT)} is being moved to {ch.checks_module}")]
+        yield pytest.param(ch, id=ch.stem, marks=marks)
+
+
+@pytest.mark.parametrize("ch", list(_checks_params()))
+def test_ready_chapter_checks_live_with_the_course(ch):
+    # passes once the checks moved to gpulab/course/checks/ AND the old module is gone
+    assert importlib.util.find_spec(ch.checks_module) is not None, f"no module {ch.checks_module}"
+    assert not _old_assignment(ch).exists(), f"{_old_assignment(ch).relative_to(ROOT)} stays next to its move"
+
+
+def _uses_bench_harness(ch) -> bool:
+    script = ROOT / ch.benchmark
+    return script.exists() and re.search(r"\bgpulab\.bench(mark)?\b|from gpulab import bench(mark)?\b",
+                                           script.read_text()) is not None
+
+
+def _results_params():
+    for ch in READY:
+        marks = [] if _uses_bench_harness(ch) else [pytest.mark.xfail(
+            strict=True, reason=f"{ch.benchmark} is being moved onto gpulab.benchmark (its results converted)")]
+        yield pytest.param(ch, id=ch.stem, marks=marks)
+
+
+@pytest.mark.parametrize("ch", list(_results_params()))
+def test_ready_chapter_results_hold_gpu_date_and_headline(ch):
+    path = ROOT / ch.results
+    assert path.exists(), f"chapter {ch.number} is ready but has no {ch.results}"
+    data = json.loads(path.read_text())
+    assert isinstance(data.get("gpu"), str) and data["gpu"].strip(), f"{ch.results}: no 'gpu'"
+    assert re.fullmatch(r"\d{4}-\d\d-\d\d", str(data.get("date", ""))), f"{ch.results}: 'date' is not YYYY-MM-DD"
+    rows = data.get("headline")
+    assert isinstance(rows, list) and rows, f"{ch.results}: 'headline' must be a non-empty list"
+    for i, row in enumerate(rows):
+        missing = HEADLINE_KEYS - set(row)
+        assert not missing, f"{ch.results}: headline row {i} lacks {sorted(missing)}"
+        assert isinstance(row["metric"], str) and row["metric"], f"{ch.results}: row {i} has no metric"
+        assert isinstance(row["lower_is_better"], bool), f"{ch.results}: row {i}: lower_is_better is not a bool"
+        ours, peer_value, ratio = row["ours"], row["peer_value"], row["ratio"]
+        if all(isinstance(v, (int, float)) for v in (ours, peer_value, ratio)) and peer_value:
+            # ratio = ours / peer, whichever way is better
+            assert ratio == pytest.approx(ours / peer_value, rel=1e-3), \
+                f"{ch.results}: row {i} ({row['metric']}): ratio {ratio} != ours / peer_value"
+
+
+# ------------------------------------------------------------------ torch and numba twins
+
+# family -> (torch twin, numba twin). Every family with both files must be listed here.
+TWINS = {
+    "splat": ("gpulab.splat.torch_impl", "gpulab.splat.kernels"),
+    "moe": ("gpulab.moe.torch_impl", "gpulab.moe.kernels"),
+}
+# parameters one twin adds after the shared ones: knobs of that implementation (output
+# buffers, tiling, validation switches), keyword-only in spirit, each with a default
+TWIN_EXTRAS = {
+    ("gpulab.splat.torch_impl", "rasterize_tiles"): {"max_elements"},
+    ("gpulab.moe.kernels", "grouped_gemm"): {"out", "tiles"},
+    ("gpulab.moe.kernels", "moe_ffn"): {"validate", "gemm"},
+    ("gpulab.moe.kernels", "permute"): {"validate"},
+}
+
+
+def test_every_family_with_two_twins_is_declared():
+    families = {p.parent.name for p in (ROOT / "gpulab").glob("*/torch_impl.py")
+                if (p.parent / "kernels.py").exists()}
+    assert families == set(TWINS), f"declare the twins of {sorted(families - set(TWINS))} in TWINS"
+
+
+def _public_functions(module) -> dict:
+    return {name: obj for name, obj in vars(module).items()
+            if not name.startswith("_") and inspect.isfunction(obj) and obj.__module__ == module.__name__}
+
+
+def _shape(module_name: str, name: str, fn) -> list[tuple]:
+    """Names, kinds and defaults of the parameters (annotations aside), extras dropped."""
+    extras = TWIN_EXTRAS.get((module_name, name), set())
+    params = list(inspect.signature(fn).parameters.values())
+    for p in params:
+        if p.name in extras:
+            assert p.default is not inspect.Parameter.empty, f"{module_name}.{name}: extra {p.name!r} needs a default"
+    kept = [p for p in params if p.name not in extras]
+    assert [p.name for p in params[:len(kept)]] == [p.name for p in kept], \
+        f"{module_name}.{name}: the extras {sorted(extras)} must come after the shared parameters"
+    return [(p.name, p.kind, p.default) for p in kept]
+
+
+@pytest.mark.parametrize("family", sorted(TWINS))
+def test_twins_offer_the_same_signatures(family):
+    torch_name, numba_name = TWINS[family]
+    torch_mod, numba_mod = importlib.import_module(torch_name), importlib.import_module(numba_name)
+    torch_fns, numba_fns = _public_functions(torch_mod), _public_functions(numba_mod)
+    shared = sorted(set(torch_fns) & set(numba_fns))
+    assert shared, f"{family}: its twins share no public function"
+    mismatched = []
+    for name in shared:
+        a = _shape(torch_name, name, torch_fns[name])
+        b = _shape(numba_name, name, numba_fns[name])
+        if a != b:
+            mismatched.append(f"{name}: {a} != {b}")
+    assert not mismatched, f"{family}: " + "\n".join(mismatched)
+
+
+def test_twin_extras_are_real_parameters():
+    # a stale entry would silently widen what the signature test accepts
+    for (module_name, name), extras in TWIN_EXTRAS.items():
+        fn = getattr(importlib.import_module(module_name), name)
+        assert extras <= set(inspect.signature(fn).parameters), f"{module_name}.{name}: {extras}"
+
+
+def test_moe_route_twins_agree_on_awkward_sizes():
+    import torch
+    from helpers import assert_twins_equal, awkward_sizes
+    from gpulab.moe import kernels, torch_impl
+
+    def make_inputs(tokens, generator):
+        return torch.randn(tokens, 6, generator=generator), 2
+
+    def decisions(route):   # the routing decisions, without the differentiable extras
+        def run(logits, k):
+            r = route(logits, k)
+            return r.topk_idx, r.topk_weight
+        run.__name__ = route.__module__ + ".route"
+        return run
+
+    compared = assert_twins_equal(decisions(torch_impl.route), decisions(kernels.route), make_inputs,
+                                  sizes=awkward_sizes(block=8, primes=(5,)))
+    assert compared == 4
+
+
+# ------------------------------------------------------------------ the README
+
+def test_readme_chapter_table_is_the_registrys():
+    text = (ROOT / "README.md").read_text()
+    assert text.count(README_BEGIN) == 1 and text.count(README_END) == 1, \
+        f"README.md needs one {README_BEGIN} ... {README_END} block"
+    table = text.split(README_BEGIN)[1].split(README_END)[0].strip()
+    assert table == readme_table(), ("README.md's chapter table differs from the registry; paste "
+                                     "gpulab.course.registry.readme_table() between the markers")
+
+
+def test_readme_table_rows_follow_the_registry():
+    rows = readme_table().splitlines()[2:]
+    assert len(rows) == len(CHAPTERS)
+    for ch, row in zip(CHAPTERS, rows):
+        cells = [c.strip() for c in row.strip("|").split(" | ")]
+        assert cells[0] == ch.number and cells[-1] == ch.status
+        assert (f"]({ch.lecture.as_posix()})" in cells[1]) == ch.ready
+        for paper in ch.papers:
+            assert paper.arxiv is None or f"arxiv.org/abs/{paper.arxiv}" in row
