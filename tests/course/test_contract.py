@@ -283,3 +283,24 @@ def test_readme_table_rows_follow_the_registry():
         assert (f"]({ch.lecture.as_posix()})" in cells[1]) == ch.ready
         for paper in ch.papers:
             assert paper.arxiv is None or f"arxiv.org/abs/{paper.arxiv}" in row
+
+
+def test_twin_helper_catches_a_twin_that_differs_past_a_block():
+    import torch
+    from helpers import assert_rejected, assert_twins_equal, awkward_sizes
+
+    def spec(x):
+        return x * 2
+
+    def off_by_one(x):            # forgets the last element once the size passes a block
+        y = x * 2
+        if x.numel() > 32:
+            y[-1] = 0
+        return y
+
+    def make_inputs(n, generator):
+        return (torch.rand(n, generator=generator) + 1,)
+
+    assert awkward_sizes(32) == [1, 7, 13, 31, 33]
+    assert assert_twins_equal(spec, spec, make_inputs) == 5
+    assert_rejected(lambda twin: assert_twins_equal(spec, twin, make_inputs), off_by_one, "size=33")
