@@ -1,0 +1,410 @@
+"""Graded checks of the chapter 03 assignment (kernel fusion), on the checks engine.
+
+Task 1  compose the library's operations into a pipeline that matches a torch preprocessing
+Task 2  fuse a chain of elementwise ops by hand: one kernel, one grid-stride loop
+Task 3  fuse a final reduction: a block tree in shared memory, one atomic per block
+Task 4  horizontal fusion: items of different sizes in one flat buffer, one launch
+
+The engine launches the learner's kernels itself, with a small fixed grid (so a kernel
+without a grid-stride loop leaves elements unwritten), on fresh random inputs of sizes
+that are not multiples of the block; under the simulator it also records each launch, so
+a plain ``+=`` across blocks or a missing ``cuda.syncthreads()`` is named even when the
+simulator's thread order happens to give the right number.
+"""
+from __future__ import annotations
+
+import inspect
+import math
+
+import torch
+import torch.nn.functional as F
+from numba import cuda, float32
+
+from ... import runtime
+from ... import fusion as fk
+from ...fusion.codegen import BLOCK
+from ...fusion.pipeline import Pipeline
+from ...harness import reference
+from ...launch import kernel
+from .engine import FUNCTION, KERNEL, Hint, Planted, Sizes, Task
+
+__all__ = ["TASK_BLOCK", "TASK_GRID", "MEAN", "STD", "task1_preprocess", "check_task1",
+           "task2_reference", "check_task2", "task3_reference", "check_task3", "make_batch",
+           "task4_reference", "check_task4", "PIPELINE", "FUSED_CHAIN", "FUSED_SUM", "BATCH"]
+
+#: threads per block the checks launch with (a power of two; small under the simulator)
+TASK_BLOCK = BLOCK
+#: blocks the checks launch with: far fewer threads than elements, so loops must stride
+TASK_GRID = runtime.pick(2, 264)
+
+MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+_SIZES = Sizes(sim=[1, 7, 4 * BLOCK + 5], hidden=[2, BLOCK + 1, 9 * BLOCK - 1],
+               gpu=[1000, 3_000_001, 10_000_019])
+
+
+# ------------------------------------------------------------------------ task 1
+
+def _preprocess(image, crop=(8, 4, 32, 56), size=(16, 28), scale=1 / 255, scale_first=True, relu=True):
+    top, left, h, w = crop
+    x = image[top:top + h, left:left + w].to(torch.float32)
+    x = F.interpolate(x.permute(2, 0, 1)[None], size=size, mode="bilinear", align_corners=False)
+    x = x[0].permute(1, 2, 0)
+    mean, std = torch.tensor(MEAN, device=x.device), torch.tensor(STD, device=x.device)
+    x = (x * scale - mean) / std if scale_first else (x - mean) / std * scale
+    return torch.relu(x) if relu else x
+
+
+@reference
+def task1_preprocess(image: torch.Tensor) -> torch.Tensor:
+    """The preprocessing to reproduce: crop, halve with a bilinear resize, scale to [0, 1],
+    normalize with ImageNet's mean and std, keep the positive part. ``image``: (48, 64, 3) uint8."""
+    x = image[8:40, 4:60].to(torch.float32)                       # 32 x 56 crop
+    x = F.interpolate(x.permute(2, 0, 1)[None], size=(16, 28), mode="bilinear", align_corners=False)
+    x = x[0].permute(1, 2, 0) * (1 / 255)
+    x = (x - torch.tensor(MEAN, device=x.device)) / torch.tensor(STD, device=x.device)
+    return torch.relu(x)
+
+
+def _is_rgb_pipeline(pipe):
+    if not isinstance(pipe, Pipeline):
+        return f"pass a gpulab.fusion.Pipeline, got {type(pipe).__name__}"
+    if pipe.channels != 3:
+        return f"the images are RGB: build the pipeline with channels=3 (got {pipe.channels})"
+    if pipe.reduction is not None:
+        return "the preprocessing has no reduction"
+    return None
+
+
+_OFF_BY_ONE_CROPS = [(8, 4, 33, 56), (8, 4, 32, 57), (9, 4, 32, 56), (8, 5, 32, 56), (8, 4, 31, 56),
+                     (8, 4, 32, 55), (7, 4, 32, 56), (8, 3, 32, 56)]
+
+PIPELINE = Task(
+    chapter="03", number=1, title="compose the preprocessing as one fused pipeline", kind=FUNCTION,
+    reference=task1_preprocess,
+    make_inputs=lambda size, gen: torch.randint(0, 256, (48, 64, 3), generator=gen, dtype=torch.uint8),
+    sizes=Sizes(sim=[0, 1], hidden=[2, 3]), rtol=1e-4, atol=1e-4, no_races=False,
+    requires=[_is_rgb_pipeline], candidate_name="your pipeline",
+    hints=[
+        Hint(lambda case: any(case.output_matches(_preprocess(case.inputs[0], crop=c))
+                              for c in _OFF_BY_ONE_CROPS),
+             "The crop rectangle is off by one: fk.crop(top, left, height, width) = (8, 4, 32, 56)"),
+        Hint(lambda case: tuple(case.output.shape[:2]) == (28, 16),
+             "Height and width are swapped: fk.resize(height, width) = (16, 28)"),
+        Hint.matches(lambda image: _preprocess(image, scale=1 / 256), "The scale is 1 / 255, not 1 / 256"),
+        Hint.matches(lambda image: _preprocess(image, scale_first=False),
+                     "The order of the ops: scale to [0, 1] (fk.mul) before fk.normalize"),
+        Hint.matches(lambda image: _preprocess(image, relu=False), "The final fk.relu() is missing"),
+    ],
+    solution="pipe",
+)
+check_task1 = PIPELINE.checker()
+
+
+# ------------------------------------------------------------------------ task 2
+
+@reference
+def task2_reference(x: torch.Tensor) -> torch.Tensor:
+    """The chain to fuse, as four unfused torch ops: ``2 * clamp(sigmoid(1.5 x + 0.25), 0.2, 0.8)``."""
+    y = x * 1.5 + 0.25
+    y = torch.sigmoid(y)
+    y = torch.clamp(y, 0.2, 0.8)
+    return y * 2.0
+
+
+def _random_vector(size, gen):
+    # (-4, 4): sigmoid(1.5 x + 0.25) reaches both clamp bounds
+    return (torch.rand(size, generator=gen) - 0.5) * 8
+
+
+def _launch_on_task_grid(kernel_, inputs, outputs, size):
+    kernel_[TASK_GRID, TASK_BLOCK](*inputs, *outputs)
+
+
+def _unwritten_past_grid(case) -> bool:
+    mask = case.unwritten.reshape(-1)
+    covered = TASK_GRID * TASK_BLOCK
+    return mask.numel() > covered and bool(mask[covered:].all()) and not bool(mask[:covered].any())
+
+
+def _only_last_unwritten(case) -> bool:
+    mask = case.unwritten.reshape(-1)
+    return mask.numel() > 0 and bool(mask[-1]) and not bool(mask[:-1].any())
+
+
+def _wrong_only_where_clamped(case) -> bool:
+    ref, out = case.expected[0].cpu(), case.output.cpu()
+    wrong = ~torch.isclose(out, ref, rtol=1e-5, atol=1e-5)
+    clamped = (ref <= 0.4 + 1e-6) | (ref >= 1.6 - 1e-6)
+    return bool(wrong.any()) and bool(clamped[wrong].all())
+
+
+FUSED_CHAIN = Task(
+    chapter="03", number=2, title="fuse the chain by hand", kind=KERNEL,
+    reference=task2_reference, make_inputs=_random_vector, sizes=_SIZES, trials=1,
+    launch=_launch_on_task_grid, candidate_name="your fused kernel",
+    hints=[
+        Hint(_unwritten_past_grid, f"Elements past the first TASK_GRID * TASK_BLOCK were never written: "
+                                   "use a grid-stride loop, for i in range(cuda.grid(1), x.size, cuda.gridsize(1))"),
+        Hint(_only_last_unwritten, "The last element was never written: loop up to x.size"),
+        Hint(lambda case: not case.unwritten.any() and _wrong_only_where_clamped(case),
+             "Wrong only where the clamp applies: clamp to [0.2, 0.8] after the sigmoid"),
+        Hint.matches(lambda x: 2 * torch.sigmoid(torch.clamp(1.5 * x + 0.25, 0.2, 0.8)),
+                     "The clamp comes before the sigmoid: the order is affine, sigmoid, clamp, scale"),
+    ],
+    solution="fused_chain_kernel",
+)
+check_task2 = FUSED_CHAIN.checker()
+
+
+# ------------------------------------------------------------------------ task 3
+
+@reference
+def task3_reference(x: torch.Tensor) -> torch.Tensor:
+    """What to compute in one pass: ``sum(relu(x - 0.5) ** 2)``, as a 1-element tensor."""
+    return torch.square(torch.relu(x - 0.5)).sum().reshape(1)
+
+
+def _source(kernel_) -> str:
+    try:
+        return inspect.getsource(getattr(kernel_, "py_func", kernel_))
+    except (OSError, TypeError):
+        return ""   # no source to read (e.g. built with exec): skip the static checks
+
+
+def _atomic_on_gpu(kernel_):
+    """On a GPU the race recorder cannot watch: read the source for the atomic instead."""
+    if runtime.SIMULATOR:
+        return None
+    src = _source(kernel_)
+    if src and "cuda.atomic" not in src:
+        return ("blocks finish in any order and at the same time: fold each block's partial sum "
+                "into out[0] with cuda.atomic.add (a plain += loses updates on a GPU)")
+    return None
+
+
+FUSED_SUM = Task(
+    chapter="03", number=3, title="fuse the final reduction", kind=KERNEL,
+    reference=task3_reference, make_inputs=_random_vector, sizes=_SIZES, trials=1,
+    launch=_launch_on_task_grid, output_fill="zeros", rtol=1e-4, atol=1e-4,
+    requires=[_atomic_on_gpu], candidate_name="your fused reduction",
+    hints=[
+        Hint(lambda case: any(f.kind == "race" for f in case.findings),
+             "Blocks run at the same time: add each block's sum into out[0] with cuda.atomic.add"),
+        Hint.matches(lambda x: x.sum().reshape(1), "That is sum(x): apply relu(x - 0.5) ** 2 to each element first"),
+        Hint.matches(lambda x: task3_reference.__wrapped__(x[:TASK_GRID * TASK_BLOCK]),
+                     "Only the first TASK_GRID * TASK_BLOCK elements were summed: use a grid-stride loop"),
+        Hint.matches(lambda x: torch.square(torch.relu(x - 0.4)).sum().reshape(1),
+                     "The threshold is 0.5: relu(x - 0.5)"),
+        Hint(lambda case: float(case.output.abs().sum()) > 2 * float(case.expected[0].abs().sum()) > 0,
+             "Far too large: only thread 0 of each block adds the block's sum (one atomic per block)"),
+    ],
+    solution="fused_sum_kernel",
+)
+check_task3 = FUSED_SUM.checker()
+
+
+# ------------------------------------------------------------------------ task 4
+
+def make_batch(n_items: int, gen: torch.Generator | None = None, max_size: int | None = None):
+    """``n_items`` vectors of random, different lengths, packed: ``(flat, offsets, gains)``.
+
+    Item ``k`` is ``flat[offsets[k]:offsets[k + 1]]`` (offsets int32, ``n_items + 1`` of
+    them); ``gains[k]`` is its float32 gain.
+    """
+    gen = gen or torch.Generator().manual_seed(0)
+    max_size = max_size or runtime.pick(5 * BLOCK, 20_000)
+    sizes = torch.randint(0, max_size, (n_items,), generator=gen)
+    sizes[0] = max_size        # one item needs several strides of the grid
+    offsets = torch.zeros(n_items + 1, dtype=torch.int32)
+    offsets[1:] = torch.cumsum(sizes, 0)
+    flat = (torch.rand(int(offsets[-1]), generator=gen) - 0.5) * 4
+    gains = torch.rand(n_items, generator=gen) * 2 + 0.1
+    return flat, offsets, gains
+
+
+@reference
+def task4_reference(flat: torch.Tensor, offsets: torch.Tensor, gains: torch.Tensor) -> torch.Tensor:
+    """Item by item, as a loop of small launches would: ``tanh(item * gain)``."""
+    out = torch.empty_like(flat)
+    for k in range(gains.numel()):
+        a, b = int(offsets[k]), int(offsets[k + 1])
+        out[a:b] = torch.tanh(flat[a:b] * gains[k])
+    return out
+
+
+def _launch_batch(kernel_, inputs, outputs, size):
+    flat, offsets, gains = inputs
+    # one launch for the whole batch: blockIdx.y picks the item
+    kernel_[(TASK_GRID, gains.numel()), TASK_BLOCK](flat, offsets, gains, *outputs)
+
+
+def _item_ends_unwritten(case) -> bool:
+    offsets = case.inputs[1].cpu().long()
+    mask = case.unwritten
+    ends = [int(b) - 1 for a, b in zip(offsets[:-1], offsets[1:]) if b > a]
+    return bool(mask.any()) and all(bool(mask[e]) for e in ends) and int(mask.sum()) == len(ends)
+
+
+def _beyond_grid_in_an_item_unwritten(case) -> bool:
+    offsets, mask = case.inputs[1].cpu().long(), case.unwritten
+    covered = TASK_GRID * TASK_BLOCK
+    return any(bool(mask[a + covered:b].all()) and not bool(mask[a:a + covered].any())
+               for a, b in zip(offsets[:-1].tolist(), offsets[1:].tolist()) if b - a > covered)
+
+
+def _without_tanh(flat, offsets, gains):
+    out = torch.empty_like(flat)
+    for k in range(gains.numel()):
+        a, b = int(offsets[k]), int(offsets[k + 1])
+        out[a:b] = flat[a:b] * gains[k]
+    return out
+
+
+def _with_first_gain(flat, offsets, gains):
+    return task4_reference.__wrapped__(flat, offsets, gains[:1].expand_as(gains))
+
+
+BATCH = Task(
+    chapter="03", number=4, title="fuse a batch of differently sized items into one launch", kind=KERNEL,
+    reference=task4_reference, make_inputs=lambda n_items, gen: make_batch(n_items, gen),
+    sizes=Sizes(sim=[1, 3, 5], hidden=[2, 7], gpu=[32, 256]), trials=1, launch=_launch_batch,
+    candidate_name="your batched kernel",
+    hints=[
+        Hint(lambda case: bool(case.findings) or isinstance(case.error, IndexError),
+             "cuda.blockIdx.y is the item; the TASK_GRID blocks along x share its elements"),
+        Hint(_item_ends_unwritten, "The last element of each item was never written: loop up to offsets[item + 1]"),
+        Hint(_beyond_grid_in_an_item_unwritten,
+             "An item longer than TASK_GRID * TASK_BLOCK was cut short: stride by gridDim.x * blockDim.x"),
+        Hint.matches(_with_first_gain, "Every item used gains[0]: each item has its own gain, gains[item]"),
+        Hint.matches(_without_tanh, "The tanh is missing: out = tanh(item * gain)"),
+    ],
+    solution="batch_kernel",
+)
+check_task4 = BATCH.checker()
+
+
+# ------------------------------------------------------------------ planted wrong answers
+# Plausible mistakes of each task. tests/course/test_planted.py requires every one to be
+# rejected with feedback containing its `expect` phrase.
+
+def _pipeline(crop=(8, 4, 32, 56), size=(16, 28), scale=1 / 255, scale_first=True, relu=True):
+    norm = fk.normalize(MEAN, STD)
+    maps = [fk.mul(scale), norm] if scale_first else [norm, fk.mul(scale)]
+    return Pipeline(fk.crop(*crop), fk.resize(*size), *maps, *([fk.relu()] if relu else []), channels=3)
+
+
+PIPELINE.planted = [
+    Planted("crop one row too tall", _pipeline(crop=(8, 4, 33, 56)), "off by one"),
+    Planted("height and width swapped", _pipeline(size=(28, 16)), "swapped"),
+    Planted("scale 1/256", _pipeline(scale=1 / 256), "1 / 255"),
+    Planted("normalize before scaling", _pipeline(scale_first=False), "order of the ops"),
+    Planted("relu missing", _pipeline(relu=False), "relu() is missing"),
+    Planted("one channel", Pipeline(fk.crop(8, 4, 32, 56), fk.resize(16, 28), fk.mul(1 / 255)), "channels=3"),
+    Planted("the reference itself", task1_preprocess, "Pipeline"),
+]
+
+
+def _make_chain(mistake=None):
+    no_stride, clamp_first, misses_last, in_place, cap_079 = (
+        mistake == m for m in ("no_stride", "clamp_first", "misses_last", "in_place", "cap_079"))
+
+    @kernel
+    def chain(x, out):
+        stride = x.size + 1 if no_stride else cuda.gridsize(1)
+        end = x.size - 1 if misses_last else x.size
+        hi = float32(0.79) if cap_079 else float32(0.8)
+        for i in range(cuda.grid(1), end, stride):
+            v = x[i] * float32(1.5) + float32(0.25)
+            if clamp_first:
+                v = min(max(v, float32(0.2)), hi)
+            v = float32(1.0) / (float32(1.0) + math.exp(-v))
+            if not clamp_first:
+                v = min(max(v, float32(0.2)), hi)
+            if in_place:
+                x[i] = v
+            out[i] = v * float32(2.0)
+
+    return chain
+
+
+FUSED_CHAIN.planted = [
+    Planted("no grid-stride loop", _make_chain("no_stride"), "grid-stride"),
+    Planted("clamp before the sigmoid", _make_chain("clamp_first"), "clamp comes before"),
+    Planted("misses the last element", _make_chain("misses_last"), "last element"),
+    Planted("writes the input in place", _make_chain("in_place"), "input 0 was modified"),
+    Planted("upper clamp 0.79", _make_chain("cap_079"), "where the clamp applies"),
+    Planted("the reference itself", task2_reference, "@gpulab.kernel"),
+]
+
+
+def _make_fused_sum(mistake=None):
+    no_stride, no_transform, every_thread_adds, plain_add, no_sync, threshold_04 = (
+        mistake == m for m in ("no_stride", "no_transform", "every_thread_adds", "plain_add", "no_sync",
+                               "threshold_04"))
+
+    @kernel
+    def fused_sum(x, out):
+        cache = cuda.shared.array(TASK_BLOCK, float32)
+        t = cuda.threadIdx.x
+        acc = float32(0.0)
+        stride = x.size + 1 if no_stride else cuda.gridsize(1)
+        for i in range(cuda.grid(1), x.size, stride):
+            if no_transform:
+                acc += x[i]
+            else:
+                v = max(x[i] - (float32(0.4) if threshold_04 else float32(0.5)), float32(0.0))
+                acc += v * v
+        cache[t] = acc
+        if not no_sync:
+            cuda.syncthreads()
+        step = TASK_BLOCK // 2
+        while step > 0:
+            if t < step:
+                cache[t] += cache[t + step]
+            if not no_sync:
+                cuda.syncthreads()
+            step //= 2
+        if plain_add:
+            if t == 0:
+                out[0] += cache[0]                  # blocks race on out[0]
+        elif t == 0 or every_thread_adds:
+            cuda.atomic.add(out, 0, cache[0])
+
+    return fused_sum
+
+
+FUSED_SUM.planted = [
+    Planted("sums x without the transform", _make_fused_sum("no_transform"), "relu(x - 0.5) ** 2"),
+    Planted("no grid-stride loop", _make_fused_sum("no_stride"), "grid-stride"),
+    Planted("every thread adds the block sum", _make_fused_sum("every_thread_adds"), "only thread 0"),
+    Planted("plain += across blocks", _make_fused_sum("plain_add"), "atomic", simulator_only=True),
+    Planted("no syncthreads", _make_fused_sum("no_sync"), "syncthreads", simulator_only=True),
+    Planted("threshold 0.4", _make_fused_sum("threshold_04"), "threshold is 0.5"),
+]
+
+
+def _make_batch_kernel(mistake=None):
+    x_is_item, off_by_one, first_gain, no_stride, no_tanh = (
+        mistake == m for m in ("x_is_item", "off_by_one", "first_gain", "no_stride", "no_tanh"))
+
+    @kernel
+    def batch(flat, offsets, gains, out):
+        item = cuda.blockIdx.x if x_is_item else cuda.blockIdx.y
+        start = offsets[item]
+        end = offsets[item + 1] - 1 if off_by_one else offsets[item + 1]
+        gain = gains[0] if first_gain else gains[item]
+        stride = end - start + 1 if no_stride else cuda.gridDim.x * cuda.blockDim.x
+        for i in range(start + cuda.blockIdx.x * cuda.blockDim.x + cuda.threadIdx.x, end, stride):
+            out[i] = flat[i] * gain if no_tanh else math.tanh(flat[i] * gain)
+
+    return batch
+
+
+BATCH.planted = [
+    Planted("blockIdx.x taken as the item", _make_batch_kernel("x_is_item"), "blockIdx.y is the item",
+            simulator_only=True),
+    Planted("stops one short of the item's end", _make_batch_kernel("off_by_one"), "last element of each item"),
+    Planted("every item uses gains[0]", _make_batch_kernel("first_gain"), "gains[item]"),
+    Planted("no grid-stride loop", _make_batch_kernel("no_stride"), "stride by gridDim.x"),
+    Planted("tanh missing", _make_batch_kernel("no_tanh"), "tanh is missing"),
+]
