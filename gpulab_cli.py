@@ -40,7 +40,8 @@ def _parser() -> argparse.ArgumentParser:
                     "solution is found (a learner could have edited them)")
     gr.add_argument("--timeout", type=float, default=120.0, help="seconds allowed per cell (default 120)")
     gr.add_argument("--json", metavar="FILE", help="also write the report (or gradebook) as JSON")
-    gr.add_argument("--csv", metavar="FILE", help="with a folder: also write the gradebook as CSV")
+    gr.add_argument("--csv", metavar="FILE", help="also write the gradebook as CSV (a row per "
+                    "submission and task, and a TOTAL row per submission)")
     gr.add_argument("--fail-under", type=float, metavar="SCORE",
                     help="exit 1 when a score (as a fraction of the maximum, 0-1) is below SCORE")
 

@@ -160,7 +160,8 @@ def _checks_replaced(nb):
 
 def _partly_right_00():
     """Task 1 right, task 2 reads past the end of x, task 3 a stub whose check the learner
-    tries to switch off (rebinding the module's function, shadowing the name)."""
+    tries to switch off (rebinding the module's function, shadowing the name, patching
+    the feedback module the checks use)."""
     nb = _read("exercises", "00_start_here")
     by_id = {c.metadata.get("nbgrader", {}).get("grade_id"): c for c in _read("solutions", "00_start_here").cells}
     for cell in nb.cells:
@@ -171,7 +172,9 @@ def _partly_right_00():
             cell.source = by_id[gid].source.replace("x[i] if i < x.size else float32(0.0)", "x[i]")
             assert cell.source != by_id[gid].source
     cheat = nbformat.v4.new_code_cell("checks.check_vector_sum = lambda *a, **k: None\n"
-                                      "def check_vector_sum(*a, **k):\n    return None")
+                                      "def check_vector_sum(*a, **k):\n    return None\n"
+                                      "import gpulab.course.feedback as fb\n"
+                                      "fb.require = lambda *a, **k: None")
     first_check = next(i for i, c in enumerate(nb.cells) if c.metadata.get("nbgrader", {}).get("grade"))
     nb.cells.insert(first_check, cheat)
     nb.metadata.pop("gpulab")            # no chapter in its metadata: found from its content
