@@ -6,7 +6,7 @@ pipeline (:mod:`gpulab.fusion.pipeline`) strings the components of a chain toget
 :mod:`gpulab.fusion.codegen` turns them into one kernel.
 
 Every value between two operations is a pixel: a tuple of ``channels`` numbers held in
-registers (one channel for plain tensors, three for RGB images). Four kinds of operation:
+registers (one channel for plain tensors, three for RGB images). Three kinds of operation:
 
 * ``read``: how a pixel is fetched from the input: :func:`crop`, :func:`resize`
   (bilinear) or, when the chain has none, straight from memory. Reads come first.
@@ -42,6 +42,13 @@ YUV_MATRIX = ((0.299, 0.587, 0.114),
               (-0.14713, -0.28886, 0.436),
               (0.615, -0.51499, -0.10001))
 
+#: The kinds of operation a chain knows; the pipeline sorts ops by kind, so a kind it does not
+#: know would be dropped from the chain without a word.
+OP_KINDS = ("read", "map", "reduce")
+#: The read and reduce operations the code generator has code for (a map brings its own code).
+READ_NAMES = ("crop", "resize")
+REDUCE_NAMES = ("sum", "mean", "max", "min")
+
 
 @dataclass(frozen=True)
 class Op:
@@ -64,6 +71,20 @@ class Op:
     torch_fn: Callable | None = field(default=None, compare=False, repr=False)
     flops: int = 0                      # FP32 instructions per channel, roughly (for the roofline)
     label: str = ""
+
+    def __post_init__(self):
+        if self.kind not in OP_KINDS:
+            raise ValueError(f"operation {self.name!r} has kind {self.kind!r}; the kinds are "
+                             f"{', '.join(map(repr, OP_KINDS))} (build operations with "
+                             "gpulab.fusion's functions, e.g. fk.relu())")
+        known = {"read": READ_NAMES, "reduce": REDUCE_NAMES}.get(self.kind)
+        if known is not None and self.name not in known:
+            raise ValueError(f"there is no {self.kind} operation {self.name!r}: the {self.kind} "
+                             f"operations are {', '.join(map(repr, known))}")
+        if self.kind == "map" and (self.emit is None or self.torch_fn is None):
+            missing = " and ".join(n for n in ("emit", "torch_fn") if getattr(self, n) is None)
+            raise ValueError(f"map operation {self.name!r} needs {missing}: its GPU code and its "
+                             "torch twin (see gpulab.fusion.ops for examples)")
 
     def key(self) -> tuple:
         """What the generated code depends on: the op's name and channel counts, not its parameter values."""
