@@ -174,6 +174,11 @@ class Task:
     ``kind="kernel"`` candidate. ``requires`` are checks of the candidate itself, each
     returning a problem sentence or None. ``needs_launch(size)`` says when a function
     task must launch a kernel at all (``size > 1`` for a sum, say).
+
+    Optional, for answers the numeric comparison cannot judge: ``verify(case)`` replaces
+    it where more than one output is right (a permutation in any order within a group),
+    returning a problem sentence or None; ``adapt(candidate)`` turns the checked candidate
+    into what the engine calls (a cache class into a function that replays a trace on it).
     """
     chapter: str
     number: int
@@ -199,6 +204,8 @@ class Task:
     planted: Sequence[Planted] = ()
     solution: str | None = None
     candidate_name: str = "your answer"
+    verify: Callable | None = None
+    adapt: Callable | None = None
 
     def __post_init__(self):
         if self.kind not in _KINDS:
@@ -228,10 +235,11 @@ class Task:
     def run(self, candidate, hidden: bool = False) -> None:
         with task(self.label):
             self._check_candidate(candidate)
+            call = self.adapt(candidate) if self.adapt is not None else candidate
             gen = torch.Generator().manual_seed(secrets.randbits(63))
             for size in self.sizes.for_run(hidden):
                 for trial in range(self.trials):
-                    self._run_case(candidate, size, gen)
+                    self._run_case(call, size, gen)
 
     def _check_candidate(self, candidate) -> None:
         if self.kind == KERNEL:
@@ -291,6 +299,11 @@ class Task:
                 self._fail(case, f"{where}: input {k} was modified: read the inputs, write only the output")
         if len(case.outputs) != len(expected):
             self._fail(case, f"{where}: returned {len(case.outputs)} outputs, expected {len(expected)}")
+        if self.verify is not None:
+            problem = self.verify(case)
+            if problem:
+                self._fail(case, f"{where}: {problem}")
+            return
         for k, (out, ref) in enumerate(zip(case.outputs, expected)):
             if isinstance(out, torch.Tensor) and out.numel() == ref.numel() and out.shape != ref.shape \
                     and out.dim() <= 1 and ref.dim() <= 1:
