@@ -10,6 +10,7 @@ later chapter calls it with its own projection's parameter table, screen bounds 
 """
 from __future__ import annotations
 
+import numbers
 from dataclasses import dataclass
 
 import torch
@@ -43,6 +44,22 @@ class Gaussians:
                 raise ValueError(f"Gaussians.{name} must have shape {want}, got {got}")
         if self.sh.dim() != 3 or self.sh.shape[0] != n or self.sh.shape[2] != 3 or self.sh.shape[1] not in (1, 4, 9, 16):
             raise ValueError(f"Gaussians.sh must have shape [N, K, 3] with K in 1, 4, 9, 16, got {tuple(self.sh.shape)}")
+        self._check_one_dtype_and_device()
+
+    def _check_one_dtype_and_device(self) -> None:
+        # torch would quietly promote a float64 field and the float32 kernels would refuse it
+        # stages later; one float dtype and one device for the whole scene, said up front
+        fields = {f: getattr(self, f) for f in ("means", "quats", "scales", "opacities", "sh")}
+        dtypes = {f: t.dtype for f, t in fields.items()}
+        if not all(d.is_floating_point for d in dtypes.values()) or len(set(dtypes.values())) > 1:
+            raise TypeError("a Gaussians scene needs one floating dtype for all its fields, got "
+                            + ", ".join(f"{f} {str(d).removeprefix('torch.')}" for f, d in dtypes.items())
+                            + " (convert them alike, e.g. .float())")
+        devices = {f: t.device for f, t in fields.items()}
+        if len(set(devices.values())) > 1:
+            raise ValueError("a Gaussians scene's fields must be on one device, got "
+                             + ", ".join(f"{f} on {d}" for f, d in devices.items())
+                             + " (move the scene with .to(device))")
 
     def __len__(self) -> int:
         return self.means.shape[0]
@@ -84,9 +101,11 @@ def rasterize(params: torch.Tensor, features: torch.Tensor, means2d: torch.Tenso
               footprint: Footprint = GAUSSIAN, backend: str = "auto"):
     """Bin, sort, find tile ranges and composite: (image, transmittance, (keys, ids, ranges)).
 
-    ``means2d``/``radii`` give each primitive's screen square (radius 0 = culled),
-    ``depths`` its sort order, ``params`` [N, footprint.n_params] its footprint.
+    ``means2d`` [N, 2] float and ``radii`` [N] int32 give each primitive's screen square
+    (radius 0 = culled), ``depths`` [N] its sort order, ``params`` [N, footprint.n_params]
+    its footprint, ``features`` [N, C] what it composites, ``background`` [C].
     """
+    _check_rasterize_inputs(params, features, means2d, radii, depths, width, height, background, footprint)
     stages = backend_module(backend)
     if background is None:
         background = torch.zeros(features.shape[1], dtype=features.dtype, device=features.device)
@@ -96,6 +115,49 @@ def rasterize(params: torch.Tensor, features: torch.Tensor, means2d: torch.Tenso
     ranges = stages.tile_ranges(keys, tiles_x * tiles_y)
     image, trans = stages.rasterize_tiles(params, features, background, ranges, ids, width, height, footprint)
     return image, trans, (keys, ids, ranges)
+
+
+def _check_tensor(t, name: str, shape: tuple, floating: bool = True) -> None:
+    """``t`` is a tensor of ``shape`` (None: any extent) with a float (or int32) dtype."""
+    if not isinstance(t, torch.Tensor):
+        raise TypeError(f"rasterize: {name} must be a torch.Tensor, got {type(t).__name__}")
+    if t.dim() != len(shape) or any(s is not None and s != d for s, d in zip(shape, t.shape)):
+        want = "[" + ", ".join("N" if s is None and k == 0 else "*" if s is None else str(s)
+                               for k, s in enumerate(shape)) + "]"
+        raise ValueError(f"rasterize: {name} must have shape {want}, got {list(t.shape)}")
+    if floating and not t.dtype.is_floating_point:
+        raise TypeError(f"rasterize: {name} must be a float tensor, got {t.dtype}")
+
+
+def _check_rasterize_inputs(params, features, means2d, radii, depths, width, height, background,
+                            footprint: Footprint) -> None:
+    """Clear errors for what the stages would otherwise misread: [N, 3] means2d (x, y, depth?)
+    would be binned from the first two columns, float radii truncated to a smaller square."""
+    if not isinstance(footprint, Footprint):
+        raise TypeError(f"rasterize: footprint must be a Footprint (e.g. splat.GAUSSIAN), got {type(footprint).__name__}")
+    for name, size in (("width", width), ("height", height)):
+        if isinstance(size, bool) or not isinstance(size, numbers.Integral) or size < 1:
+            raise ValueError(f"rasterize: {name} must be a positive int (pixels), got {size!r}")
+    _check_tensor(means2d, "means2d", (None, 2))
+    n = means2d.shape[0]
+    _check_tensor(radii, "radii", (n,), floating=False)
+    if radii.dtype != torch.int32:
+        raise TypeError(f"rasterize: radii must be int32 pixel radii (0 = culled), got {radii.dtype}; "
+                        "round float radii up: radii.ceil().to(torch.int32)")
+    _check_tensor(depths, "depths", (n,))
+    _check_tensor(params, "params", (n, footprint.n_params))
+    _check_tensor(features, "features", (n, None))
+    if features.dtype != params.dtype:
+        raise TypeError(f"rasterize: features are {features.dtype} but params are {params.dtype}; "
+                        "use one float dtype for both")
+    if background is not None:
+        _check_tensor(background, "background", (features.shape[1],))
+    tensors = {"params": params, "features": features, "means2d": means2d, "radii": radii, "depths": depths}
+    if background is not None:
+        tensors["background"] = background
+    if len({t.device for t in tensors.values()}) > 1:
+        raise ValueError("rasterize: the tensors must be on one device, got "
+                         + ", ".join(f"{k} on {t.device}" for k, t in tensors.items()))
 
 
 def render(gaussians: Gaussians, camera: Camera, background: torch.Tensor | None = None,
