@@ -260,6 +260,15 @@ def _poisoned_like(t: torch.Tensor) -> torch.Tensor:
     return out
 
 
+def _require_callable(caller: str, role: str, value) -> None:
+    """A clear error for the usual slip, passing what a function returned instead of the
+    function (``check(f(), ...)``), before anything is run or timed."""
+    if not callable(value):
+        raise TypeError(f"{caller}: {role} must be callable (a function or a kernel), got "
+                        f"{type(value).__name__} {value!r:.60}; pass the function itself, "
+                        f"e.g. {caller}(my_fn, ...) and not {caller}(my_fn(), ...)")
+
+
 def check(candidate: Callable, reference_fn: Callable, make_inputs: Callable,
           sizes: Sequence = (1, 7, 100, 1000), trials: int = 2, *, writes_outputs: bool = True,
           rtol: float | None = None, atol: float | None = None, name: str | None = None,
@@ -279,6 +288,10 @@ def check(candidate: Callable, reference_fn: Callable, make_inputs: Callable,
     stub) has it passed through. Returns a :class:`CheckReport`; raises :class:`CheckFailed` if any case is
     wrong and ``raise_on_fail`` (the default, so notebooks stop at a wrong answer).
     """
+    for role, value in (("candidate", candidate), ("reference_fn", reference_fn), ("make_inputs", make_inputs)):
+        _require_callable("check", role, value)
+    if isinstance(trials, bool) or not isinstance(trials, int) or trials < 1:
+        raise ValueError(f"check: trials must be a positive int, got {trials!r}")
     name = name or getattr(candidate, "__name__", "candidate")
     report = CheckReport(name)
     gen = torch.Generator().manual_seed(seed if seed is not None else secrets.randbits(63))
@@ -375,6 +388,9 @@ def bench(fn: Callable, *args, warmup: int = 5, reps: int | None = None, name: s
     warm-up run and at most three timed runs.
     ``reps`` defaults to as many runs as fit in ``max_seconds`` (between 5 and 200).
     """
+    _require_callable("bench", "fn", fn)
+    if reps is not None and (isinstance(reps, bool) or not isinstance(reps, int) or reps < 1):
+        raise ValueError(f"bench: reps must be a positive int (or None: as many as fit), got {reps!r}")
     name = name or getattr(fn, "__name__", "fn")
     if runtime.SIMULATOR:  # simulated times mean nothing: spend as little as possible on them
         warmup, reps = min(warmup, 1), min(reps or 3, 3)
