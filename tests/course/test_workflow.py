@@ -61,3 +61,14 @@ def test_gpu_job_is_opt_in_on_a_self_hosted_gpu_runner(workflow):
     condition = gpu["if"]
     assert "workflow_dispatch" in condition and "vars." in condition
     assert "github.event_name != 'pull_request'" in condition
+
+
+def test_jobs_install_the_locks(workflow):
+    """The CPU job gets the Makefile's default, the CPU lock (no index for every package); the
+    GPU job names the GPU lock, with extras that match it."""
+    cpu, gpu = workflow["jobs"]["cpu"], workflow["jobs"]["gpu"]
+    assert not {"LOCK", "TORCH", "PIP_EXTRA_INDEX_URL"} & set(cpu.get("env", {}))
+    setup = next(s for s in cpu["steps"] if s.get("uses", "").startswith("actions/setup-python"))
+    assert setup["with"]["cache-dependency-path"] == "requirements/cpu.txt"
+    assert gpu["env"]["LOCK"] == "requirements/gpu-cu13.txt" and (ROOT / gpu["env"]["LOCK"]).exists()
+    assert "'dev,cu13'" in gpu["env"]["EXTRAS"]
