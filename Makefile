@@ -41,7 +41,7 @@ TORCH_INDEX_ARGS := $(if $(findstring +cpu,$(LOCKED_TORCH)),--extra-index-url $(
 
 setup: $(STAMP)
 
-$(STAMP): pyproject.toml $(LOCK)
+$(STAMP): pyproject.toml $(or $(LOCK),$(if $(TORCH),,$(CPU_LOCK)))
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 ifneq ($(TORCH),)
