@@ -50,6 +50,7 @@ import sys
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 
@@ -76,8 +77,7 @@ def _fmt(t: tuple) -> str:
 
 # ------------------------------------------------------------------ records
 
-@dataclass(frozen=True)
-class Access:
+class Access(NamedTuple):  # a tuple: cheap to make once per element access
     block: tuple
     thread: tuple
     phase: int
@@ -397,10 +397,13 @@ class _Hooks:
 
     # -- helpers
     def _access(self, table, key, t, atomic_extra=False):
-        access = Access(_dims(t.blockIdx), _dims(t.threadIdx), getattr(t, "_simtrace_phase", 0),
-                        getattr(t, "_simtrace_atomic", 0) > 0 or atomic_extra)
-        with self.rec._lock:
-            table.setdefault(key, []).append(access)
+        ids = t.__dict__.get("_simtrace_ids")
+        if ids is None:  # the thread's (block, thread) indices, made once per thread
+            ids = t._simtrace_ids = (_dims(t.blockIdx), _dims(t.threadIdx))
+        access = Access(ids[0], ids[1], t.__dict__.get("_simtrace_phase", 0),
+                        t.__dict__.get("_simtrace_atomic", 0) > 0 or atomic_extra)
+        # no lock: under the GIL setdefault and append are each atomic
+        table.setdefault(key, []).append(access)
 
     def _patch(self, owner, name, new):
         self.saved.append((owner, name, owner.__dict__[name]))
