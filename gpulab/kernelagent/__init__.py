@@ -9,7 +9,8 @@ Modules: :mod:`.tasks` (the task suite), :mod:`.verifier` (+ :mod:`.worker`, the
 process), :mod:`.timing` (KernelBench timing, fast_p), :mod:`.planted` (planted
 candidates), :mod:`.search` (offline evolutionary search), :mod:`.llm` (an
 OpenAI-compatible proposer), :mod:`.agent` (the loop and its dataset), :mod:`.transcompile`
-(numba.cuda to CPU, HPCTransCompile's idea), :mod:`.assignment` (graded checks).
+(numba.cuda to CPU, HPCTransCompile's idea). The graded checks of the assignment live with
+the course (:mod:`gpulab.course.checks.ch17_kernel_agents`).
 """
 from .tasks import Task, SUITE, get_task
 from .verifier import Verifier, Verdict, FLAGS, LoopholeCheck, naive_check, audit_task

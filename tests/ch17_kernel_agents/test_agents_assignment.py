@@ -1,42 +1,16 @@
-"""Chapter 17 assignment checks: the right answers pass, plausible wrong answers fail."""
+"""Chapter 17 assignment checks (gpulab.course.checks.ch17_kernel_agents): the right answers
+pass, wrong answers fail with feedback that names the mistake. The planted wrong answers of
+every task run in tests/course/test_planted.py; here: the notebook-facing API, the shared
+verifier left as it was, the hidden cases, and what the old module already rejected."""
 import pytest
 import torch
 
 import gpulab
-
+from gpulab.course.checks import ch17_kernel_agents as checks
 from gpulab.course.feedback import TaskFailed
 from gpulab.kernelagent import LoopholeCheck, Verifier
-from gpulab.kernelagent.assignment import (AXPY_SOURCE, check_task1, check_task2, check_task3,
-                                           load_solve)
 
-RMSNORM = '''import math
-import numba
-from numba import cuda
-import gpulab
-
-EPS = numba.float32(1e-6)
-
-
-@gpulab.kernel
-def rmsnorm_rows(x, weight, out):
-    r = cuda.grid(1)
-    if r < x.shape[0]:
-        n = x.shape[1]
-        total = numba.float32(0.0)
-        for j in range(n):
-            total += x[r, j] * x[r, j]
-        inv = numba.float32(1.0) / math.sqrt(total / numba.float32(DIVISOR) + EPS)
-        for j in range(n):
-            out[r, j] = x[r, j] * inv WEIGHT
-
-
-def solve(x, weight, out):
-    rmsnorm_rows[math.ceil(x.shape[0] / 32), 32](x, weight, out)
-'''
-
-
-def rmsnorm(divisor="n", weight=" * weight[j]"):
-    return RMSNORM.replace("DIVISOR", divisor).replace(" WEIGHT", weight)
+RIGHT_RMSNORM = checks._RMSNORM
 
 
 @pytest.fixture(scope="module")
@@ -45,70 +19,65 @@ def verifier():
         yield v
 
 
-def test_task1_accepts_a_correct_rmsnorm(verifier, tmp_path):
+def test_task1_accepts_a_correct_rmsnorm_from_text_or_a_file(verifier, tmp_path):
+    assert checks.check_task1(RIGHT_RMSNORM, verifier).passed
     path = tmp_path / "rmsnorm.py"
-    path.write_text(rmsnorm())
-    assert check_task1(str(path), verifier).passed
-
-
-@pytest.mark.parametrize("source, why", [
-    (rmsnorm(divisor="(n - 1)"), "wrong"),
-    (rmsnorm(weight=""), "ignores_input"),
-    (RMSNORM.replace("DIVISOR", "n").replace(" WEIGHT", " * weight[j]").replace(
-        "rmsnorm_rows[math.ceil(x.shape[0] / 32), 32](x, weight, out)",
-        "out.copy_(x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + 1e-6) * weight)").replace(
-        "import gpulab", "import gpulab\nimport torch"), "calls_torch_op"),
-    ("import torch\n\ndef solve(x, weight, out):\n    out.copy_(x)\n", "gpulab.kernel"),
-    ("def solve(x, weight, out):\n    # YOUR CODE HERE\n    raise NotImplementedError('write it')\n", "not done yet"),
-])
-def test_task1_rejects_wrong_answers(verifier, source, why):
-    with pytest.raises(TaskFailed, match=why):
-        check_task1(source, verifier)
+    path.write_text(RIGHT_RMSNORM)
+    assert checks.check_task1(str(path), verifier).passed
 
 
 def test_task1_reports_an_unfinished_stub_as_not_done(verifier):
-    stub = "import gpulab\n# YOUR CODE HERE\nraise NotImplementedError('write the kernel')\n\ndef solve(x, weight, out):\n    pass\n"
+    stub = ("import gpulab\n# YOUR CODE HERE\nraise NotImplementedError('write the kernel')\n\n"
+            "def solve(x, weight, out):\n    pass\n")
     with pytest.raises(TaskFailed, match="not done yet"):
-        check_task1(stub, verifier)
+        checks.check_task1(stub, verifier)
 
 
-def _catches_cache(solve):
-    x1, y1 = gpulab.randn(50), gpulab.randn(50)
-    x2, y2 = gpulab.randn(50), gpulab.randn(50)
-    for x, y in ((x1, y1), (x2, y2)):
-        out = torch.full((50,), float("nan"), device=gpulab.device)
+def test_task1_names_the_eps_mistake_on_rows_where_eps_matters(verifier):
+    eps_outside = checks.RMSNORM_VERIFIED.planted[0].answer
+    assert "+ EPS)" in eps_outside
+    with pytest.raises(TaskFailed, match="inside the square root"):
+        checks.check_task1(eps_outside, verifier)
+
+
+def test_task1_inputs_probe_eps_and_a_zero_row():
+    x, weight = checks.rmsnorm_inputs((7, 4), torch.Generator().manual_seed(0))
+    mean_square = x.pow(2).mean(-1)
+    assert float(mean_square[1]) < 0.1 * checks.RMSNORM_EPS   # eps dominates this row
+    assert torch.count_nonzero(x[2]) == 0
+    assert float(mean_square[0]) > 1e3 * checks.RMSNORM_EPS    # an ordinary row
+
+
+def test_task1_has_a_case_larger_than_a_fixed_grid():
+    assert max(rows for rows, _ in checks.RMSNORM_VERIFIED.sizes.sim) > 128
+
+
+def test_task1_rejects_a_path_that_is_not_source(verifier):
+    with pytest.raises(TaskFailed, match="define solve"):
+        checks.check_task1("no_such_file.py", verifier)
+
+
+def _my_check(solve):
+    for seed in (1, 2):
+        x, y = checks._random_pair(60, seed, gpulab.device)
+        out = torch.full((60,), float("nan"), device=x.device)
         solve(x, y, out=out)
         if not torch.allclose(out, 2.5 * x + y):
-            return False
-    return True
+            return "cached_result"
+    return None
 
 
-def _calls_once(solve):
-    """The naive check: one call, one comparison. The mystery cheat passes it."""
-    x, y = gpulab.randn(50), gpulab.randn(50)
-    out = gpulab.empty(50)
-    solve(x, y, out=out)
-    return bool(torch.allclose(out, 2.5 * x + y))
+def test_task2_accepts_a_check_that_names_the_cache():
+    checks.check_task2(_my_check)
 
 
-def test_task2_accepts_the_right_label_and_check():
-    check_task2("cached_result", _catches_cache)
-
-
-@pytest.mark.parametrize("label, my_check, why", [
-    ("shape_dependent", _catches_cache, "not what the mystery"),
-    ("cache", _catches_cache, "one of the verifier's flags"),
-    ("cached_result", lambda solve: True, "accepted the mystery"),
-    ("cached_result", lambda solve: False, "rejected a correct axpy"),
-    ("cached_result", _calls_once, "accepted the mystery"),
-])
-def test_task2_rejects_wrong_answers(label, my_check, why):
-    with pytest.raises(TaskFailed, match=why):
-        check_task2(label, my_check)
+def test_task2_refuses_what_is_not_a_function():
+    with pytest.raises(TaskFailed, match="pass a callable"):
+        checks.check_task2("cached_result")
 
 
 def test_load_solve_gives_fresh_state_each_time():
-    a, b = load_solve(AXPY_SOURCE), load_solve(AXPY_SOURCE)
+    a, b = checks.load_solve(checks.AXPY_SOURCE), checks.load_solve(checks.AXPY_SOURCE)
     assert a is not b
 
 
@@ -122,46 +91,27 @@ class SpecialValues(LoopholeCheck):
         return [(x,)]
 
 
-class NoInputs(LoopholeCheck):
-    name = "no_inputs"
-
-
-class Paranoid(LoopholeCheck):
-    name = "paranoid"
+class MinusInfOnly(LoopholeCheck):
+    """Only -inf: enough for both sneaky ReLUs (each gives NaN there, relu gives 0)."""
+    name = "minus_inf"
 
     def extra_inputs(self, task, shape, generator):
-        return [task.inputs(shape, 0)]
-
-    def judge(self, task, results):
-        return "everything is suspicious"
+        return [(torch.full(shape, float("-inf")),)]
 
 
-class Finite(LoopholeCheck):
-    name = "finite_only"
-
-    def extra_inputs(self, task, shape, generator):
-        return [(torch.randn(*shape, generator=generator) * 1e30,)]
-
-
-def test_task3_accepts_a_special_values_check(verifier):
-    verdict = check_task3(SpecialValues(), verifier)
+def test_task3_accepts_a_special_values_check_and_leaves_the_verifier_as_it_was(verifier):
+    verdict = checks.check_task3(SpecialValues(), verifier, hidden=True)
     assert "special_values" in verdict.flags
-    assert verifier.extra_checks == []      # the shared verifier is left as it was
+    assert verifier.extra_checks == []
 
 
-@pytest.mark.parametrize("check, why", [
-    (NoInputs(), "did not flag"),
-    (Finite(), "did not flag"),
-    (Paranoid(), "rejects a correct ReLU"),
-    (SpecialValues, "instance"),
-])
-def test_task3_rejects_wrong_checks(verifier, check, why):
-    with pytest.raises(TaskFailed, match=why):
-        check_task3(check, verifier)
+def test_task3_hidden_case_is_the_second_sneaky_relu(verifier):
+    assert checks.OWN_LOOPHOLE_CHECK.sizes.hidden == ["the ReLU (x + |x|) / 2"]
+    checks.check_task3(MinusInfOnly(), verifier, hidden=True)   # -inf catches both
 
 
-def test_task3_requires_an_own_name(verifier):
-    class Renamed(SpecialValues):
-        name = "cached_result"
-    with pytest.raises(TaskFailed, match="own name"):
-        check_task3(Renamed(), verifier)
+def test_every_task_is_declared_on_the_engine():
+    from gpulab.course.checks.engine import tasks_of
+
+    assert [t.number for t in tasks_of("17")] == [1, 2, 3]
+    assert all(len(t.planted) >= 5 for t in tasks_of("17"))
