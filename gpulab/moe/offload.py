@@ -35,7 +35,7 @@ import torch
 __all__ = [
     "RoutingTrace", "ExpertCache", "LRUCache", "ScoreCache", "CostModel", "hybrid_schedule",
     "SimResult", "simulate", "run_on_gpu", "timeline_figure", "overlap_ms", "measure_h2d_peak",
-    "POLICIES",
+    "POLICIES", "HAND_TRACE", "cache_replay",
 ]
 
 
@@ -213,6 +213,35 @@ class ScoreCache(ExpertCache):
 
 
 POLICIES = {"lru": LRUCache, "score": ScoreCache}
+
+
+#: a trace worked by hand in the lecture: (mean router probabilities of 4 experts, routed
+#: experts) per step, one layer. With alpha 0.5, top_p 2 and 2 slots the score cache
+#: evicts [], [0], [1], [2], [1]; LRU evicts 3 at the last step instead of 1.
+HAND_TRACE = [
+    ([0.50, 0.30, 0.10, 0.10], [0, 1]),
+    ([0.10, 0.20, 0.60, 0.10], [2, 1]),
+    ([0.10, 0.10, 0.20, 0.60], [3, 2]),
+    ([0.15, 0.60, 0.05, 0.20], [1, 3]),
+    ([0.05, 0.10, 0.60, 0.25], [2]),
+]
+
+
+def cache_replay(cache: ExpertCache, trace, layer: int = 0) -> list[tuple[list[int], list[int]]]:
+    """Replay ``[(mean_probs, routed), ...]`` on one layer of ``cache``, following the
+    protocol of :class:`ExpertCache`: [(hits, evicted), ...], one pair per step."""
+    log = []
+    for probs, routed in trace:
+        cache.observe(layer, torch.tensor(probs, dtype=torch.float64), set(routed))
+        hits = sorted(e for e in routed if cache.lookup(layer, e))
+        evicted = []
+        for e in routed:
+            if e not in hits:
+                out = cache.admit(layer, e, pinned=set(routed))
+                if out is not None:
+                    evicted.append(out)
+        log.append((hits, evicted))
+    return log
 
 
 # ------------------------------------------------------------------------ cost model

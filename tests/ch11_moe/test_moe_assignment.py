@@ -1,5 +1,7 @@
-"""The chapter 11 checks accept right answers and reject planted wrong ones: dropped or
-duplicated tokens, inclusive offsets, wrong segments, wrong weighting, wrong evictions."""
+"""Chapter 11's graded checks (gpulab.course.checks.ch11_moe) accept right answers written
+apart from the solution notebook and reject wrong ones: dropped or duplicated tokens,
+inclusive offsets, wrong segments, host compute, wrong weighting, wrong evictions.
+(tests/course/test_planted.py runs the planted wrong answers the module declares.)"""
 import math
 
 import pytest
@@ -7,10 +9,10 @@ import torch
 from numba import cuda
 
 import gpulab
+from gpulab.course.checks import ch11_moe as checks
 from gpulab.course.feedback import TaskFailed
-from gpulab.moe import assignment as A
 from gpulab.moe import kernels as K, torch_impl as R
-from gpulab.moe.offload import ExpertCache, LRUCache
+from gpulab.moe.offload import HAND_TRACE, ExpertCache, LRUCache
 
 # ---------------------------------------------------------- task 1: permutation
 
@@ -45,6 +47,7 @@ def _scatter(topk_idx, offsets, cursor, sorted_assignment, slot_of):
 
 
 def good_permute(topk_idx, E):
+    """Blocks of 64 (not the solution's 32), outputs allocated with torch.empty."""
     T, k = topk_idx.shape
     dev = topk_idx.device
     counts = torch.zeros(E, dtype=torch.int32, device=dev)
@@ -52,49 +55,60 @@ def good_permute(topk_idx, E):
     cursor = torch.zeros(E, dtype=torch.int32, device=dev)
     rows = torch.empty(T * k, dtype=torch.int32, device=dev)
     slot_of = torch.empty(T, k, dtype=torch.int32, device=dev)
-    n = T * k
-    _hist[math.ceil(n / 32), 32](topk_idx, counts)
+    blocks = math.ceil(T * k / 64)
+    _hist[blocks, 64](topk_idx, counts)
     _scan[1, 1](counts, offsets)
-    _scatter[math.ceil(n / 32), 32](topk_idx, offsets, cursor, rows, slot_of)
+    _scatter[blocks, 64](topk_idx, offsets, cursor, rows, slot_of)
     return counts, offsets, rows, slot_of
 
 
-def _torch_perm(topk_idx, E):
-    """The torch specification, unguarded: right answers, but no kernel of its own."""
+def test_task1_accepts_an_atomic_kernel_solution():
+    checks.check_task1(good_permute)                  # its within-expert order is not the spec's: fine
+    checks.check_task1(good_permute, hidden=True)
+
+
+def _spec_outputs(topk_idx, E):
     p = R.permute.__wrapped__(topk_idx, E)
-    return p.counts, p.offsets, p.sorted_assignment, p.slot_of
+    return [p.counts, p.offsets, p.sorted_assignment.clone(), p.slot_of.clone()]
 
 
-def inclusive_offsets(topk_idx, E):
+TOPK = torch.tensor([[1, 0], [1, 2], [3, 1]], dtype=torch.int32)   # 4 experts, expert 0..3 used
+
+
+def _with(change):
+    out = _spec_outputs(TOPK, 4)
+    change(out)
+    return checks.permutation_problems(TOPK, 4, *out)
+
+
+def _swap_within_expert_1(out):
+    rows = out[2]
+    lo, hi = int(out[1][1]), int(out[1][2])
+    rows[lo:hi] = rows[lo:hi].flip(0)
+    out[3].view(-1)[rows[lo:hi].long()] = torch.arange(lo, hi, dtype=torch.int32)
+
+
+def test_permutation_problems_accepts_any_order_within_an_expert():
+    assert checks.permutation_problems(TOPK, 4, *_spec_outputs(TOPK, 4)) == []
+    assert _with(_swap_within_expert_1) == []
+
+
+@pytest.mark.parametrize("change, words", [
+    (lambda o: o.__setitem__(1, torch.cat([o[1][1:], o[1][-1:]])), "inclusive scan"),
+    (lambda o: o[2].__setitem__(-1, o[2][0]), "duplicated"),
+    (lambda o: o[2].__setitem__(-1, -1), "outside 0..5"),
+    (lambda o: o.__setitem__(2, torch.arange(6, dtype=torch.int32)), "belong to expert"),
+    (lambda o: o.__setitem__(3, torch.zeros(3, 2, dtype=torch.int32)), "slot_of[0, 0]"),
+    (lambda o: o.__setitem__(0, o[0] - 1), "counts are"),
+])
+def test_permutation_problems_names_the_mistake(change, words):
+    problems = _with(change)
+    assert problems and words in "; ".join(problems), problems
+
+
+def inclusive_on_the_host(topk_idx, E):
     c, o, s, sl = good_permute(topk_idx, E)
     return c, torch.cat([o[1:], o[-1:]]), s, sl
-
-
-def drops_last(topk_idx, E):
-    c, o, s, sl = good_permute(topk_idx, E)
-    s = s.clone()
-    s[-1] = s[0] if s.numel() > 1 else -1        # a race that lost one write
-    return c, o, s, sl
-
-
-def duplicates(topk_idx, E):
-    c, o, s, sl = good_permute(topk_idx, E)
-    s = s.clone()
-    if s.numel() > 1:
-        s[1] = s[0]
-    return c, o, s, sl
-
-
-def wrong_segment(topk_idx, E):                  # rows sorted by token, not by expert
-    c, o, s, sl = good_permute(topk_idx, E)
-    n = s.numel()
-    rows = torch.arange(n, dtype=torch.int32, device=s.device)
-    return c, o, rows, rows.view(sl.shape)
-
-
-def stale_slot_of(topk_idx, E):
-    c, o, s, sl = good_permute(topk_idx, E)
-    return c, o, s, torch.zeros_like(sl)
 
 
 def calls_reference(topk_idx, E):
@@ -102,42 +116,49 @@ def calls_reference(topk_idx, E):
     return p.counts, p.offsets, p.sorted_assignment, p.slot_of
 
 
+def around_the_reference(topk_idx, E):     # the torch specification, unguarded
+    return tuple(_spec_outputs(topk_idx, E))
+
+
 def calls_the_package(topk_idx, E):
     p = K.permute(topk_idx, E)
     return p.counts, p.offsets, p.sorted_assignment, p.slot_of
 
 
-def torch_shortcuts(topk_idx, E):             # right answers from library routines
-    flat = topk_idx.flatten().long()
-    counts = torch.bincount(flat, minlength=E).to(torch.int32)
-    offsets = torch.cat([counts.new_zeros(1), torch.cumsum(counts, 0).to(torch.int32)])
-    order = torch.argsort(flat, stable=True).to(torch.int32)
-    slot_of = torch.empty_like(order)
-    slot_of[order.long()] = torch.arange(order.numel(), dtype=torch.int32, device=order.device)
-    return counts, offsets, order, slot_of.view(topk_idx.shape)
+def torch_shortcut(topk_idx, E):
+    counts = torch.bincount(topk_idx.flatten(), minlength=E)
+    return counts, counts, counts, counts
 
 
-def test_task1_accepts_the_atomic_kernel_solution():
-    A.check_task1(good_permute)                  # its within-expert order is not the spec's: fine
+def no_kernel(topk_idx, E):
+    return (torch.zeros(E, dtype=torch.int32), torch.zeros(E + 1, dtype=torch.int32),
+            torch.zeros(topk_idx.numel(), dtype=torch.int32), torch.zeros_like(topk_idx))
 
 
-@pytest.mark.parametrize("wrong,words", [
-    (inclusive_offsets, "inclusive"), (drops_last, "dropped"), (duplicates, "duplicated"),
-    (wrong_segment, "belong to expert"), (stale_slot_of, "slot_of"), (calls_reference, "reference"),
-    (_torch_perm, "reference"), (calls_the_package, "reference"), (torch_shortcuts, "as kernels"),
+def three_outputs(topk_idx, E):
+    return good_permute(topk_idx, E)[:3]
+
+
+@pytest.mark.parametrize("wrong, words", [
+    (inclusive_on_the_host, "on the host"), (calls_reference, "reference"),
+    (around_the_reference, "reference"), (calls_the_package, "reference"),
+    (torch_shortcut, "as kernels"), (no_kernel, "launched no gpulab kernel"),
+    (three_outputs, "returned 3 outputs, expected 4"), ("my_permute", "pass a callable"),
 ])
 def test_task1_rejects(wrong, words):
     with pytest.raises(TaskFailed, match=words):
-        A.check_task1(wrong)
+        checks.check_task1(wrong)
 
 
 # ------------------------------------------------------------ task 2: the cache
 
 class GoodScore(ExpertCache):
+    """Scores in a dict of tensors (not the solution's lists), ties by id."""
+
     def __init__(self, layers, experts, capacity, alpha=0.5, top_p=None):
         super().__init__(layers, experts, capacity)
         self.alpha, self.top_p = alpha, min(top_p or experts, experts)
-        self.S = [[0.0] * experts for _ in range(layers)]
+        self.S = {layer: [0.0] * experts for layer in range(layers)}
 
     def observe(self, layer, mean_probs, needed):
         p = [float(v) for v in mean_probs]
@@ -148,6 +169,11 @@ class GoodScore(ExpertCache):
     def victim(self, layer, pinned):
         options = [e for e in sorted(self.cached[layer]) if e not in pinned]
         return min(options, key=lambda e: (self.S[layer][e], e)) if options else None
+
+
+def test_task2_accepts_a_correct_policy():
+    checks.check_task2(GoodScore)
+    checks.check_task2(GoodScore, hidden=True)
 
 
 class NoDecay(GoodScore):
@@ -175,19 +201,31 @@ class IgnoresPinned(GoodScore):
         return min(sorted(self.cached[layer]), key=lambda e: (self.S[layer][e], e))
 
 
+class AlphaHalf(GoodScore):                      # the alpha argument ignored
+    def __init__(self, layers, experts, capacity, alpha=0.5, top_p=None):
+        super().__init__(layers, experts, capacity, 0.5, top_p)
+
+
 class LRU(LRUCache):
     def __init__(self, layers, experts, capacity, alpha=0.5, top_p=None):
         super().__init__(layers, experts, capacity)
 
 
-def test_task2_accepts_a_correct_policy():
-    A.check_task2(GoodScore)
+@pytest.mark.parametrize("wrong, words", [
+    (NoDecay, "must decay too"), (EvictHighest, "LOWEST score, not the highest"),
+    (RaiseAll, "top_p is ignored"), (IgnoresPinned, "never evict one in pinned"),
+    (AlphaHalf, "use the alpha argument"), (LRU, "That is LRU"),
+    (GoodScore(1, 4, 2), "pass a callable"), (GoodScore.observe, "pass your class"),
+])
+def test_task2_rejects(wrong, words):
+    with pytest.raises(TaskFailed, match=words):
+        checks.check_task2(wrong)
 
 
-@pytest.mark.parametrize("wrong", [NoDecay, EvictHighest, RaiseAll, IgnoresPinned, LRU])
-def test_task2_rejects(wrong):
-    with pytest.raises(TaskFailed):
-        A.check_task2(wrong)
+def test_task2_replays_the_lecture_hand_trace_first():
+    with pytest.raises(TaskFailed, match="the lecture's hand trace"):
+        checks.check_task2(NoDecay)
+    assert HAND_TRACE[0] == ([0.50, 0.30, 0.10, 0.10], [0, 1])
 
 
 # ------------------------------------------------------------ task 3: combine
@@ -216,16 +254,6 @@ def unweighted(y_sorted, slot_of, topk_weight, out):
 
 
 @gpulab.kernel
-def no_drop_check(y_sorted, slot_of, topk_weight, out):
-    t, c = cuda.grid(2)
-    if t < out.shape[0] and c < out.shape[1]:
-        acc = 0.0
-        for j in range(slot_of.shape[1]):
-            acc += topk_weight[t, j] * y_sorted[slot_of[t, j], c]   # -1 reads the last row
-        out[t, c] = acc
-
-
-@gpulab.kernel
 def swapped_weights(y_sorted, slot_of, topk_weight, out):
     t, c = cuda.grid(2)
     if t < out.shape[0] and c < out.shape[1]:
@@ -246,25 +274,24 @@ def accumulates_into_out(y_sorted, slot_of, topk_weight, out):
                 out[t, c] += topk_weight[t, j] * y_sorted[slot_of[t, j], c]   # out was never zeroed
 
 
-SMALL = ((7, 2, 9), (19, 3, 6))
-
-
 def test_task3_accepts_a_correct_kernel():
-    A.check_task3(good_combine, sizes=SMALL)
+    checks.check_task3(good_combine)
 
 
-@pytest.mark.parametrize("wrong", [unweighted, no_drop_check, swapped_weights, accumulates_into_out])
-def test_task3_rejects(wrong):
-    with pytest.raises(TaskFailed):
-        A.check_task3(wrong, sizes=SMALL)
+@pytest.mark.parametrize("wrong, words", [
+    (unweighted, "unweighted sum"), (swapped_weights, "weights are swapped"),
+    (accumulates_into_out, "out starts as NaN"),
+])
+def test_task3_rejects(wrong, words):
+    with pytest.raises(TaskFailed, match=words):
+        checks.check_task3(wrong)
 
 
 def test_task3_wants_a_kernel():
     with pytest.raises(TaskFailed, match="kernel"):
-        A.check_task3(lambda *a: None)
+        checks.check_task3(lambda *a: None)
 
 
 def test_task3_refuses_the_package_kernel():
     with pytest.raises(TaskFailed, match="package's own"):
-        A.check_task3(K.combine_kernel)
-
+        checks.check_task3(K.combine_kernel)

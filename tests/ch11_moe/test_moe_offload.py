@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from gpulab.moe import mixlora, offload as off, tracemodel as tm
-from gpulab.moe.assignment import HAND_TRACE, cache_replay
+from gpulab.moe.offload import HAND_TRACE, cache_replay
 
 
 def _trace(routed, experts, probs=None):

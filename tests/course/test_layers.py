@@ -177,7 +177,7 @@ def _old_assignment(family: str) -> Path:
 
 
 # notebook -> the family whose assignment module it imports today (being moved to the course)
-_LECTURES_BEING_MOVED = {"11_moe.ipynb": "moe"}
+_LECTURES_BEING_MOVED: dict[str, str] = {}
 
 
 def _moving(condition: bool, what: str):
