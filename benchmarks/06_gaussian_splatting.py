@@ -24,6 +24,7 @@ import gpulab.benchmark as gb
 from gpulab import harness, splat
 from gpulab.splat import kernels as K, torch_impl as T
 from gpulab.splat.profile import STAGES, time_stages, work_counts
+from gpulab.splat.constants import SH_C0
 
 STEM, TITLE = "06_gaussian_splatting", "Gaussian splatting rasterizer"
 WIDTH, HEIGHT = 1920, 1080
@@ -90,13 +91,16 @@ def peak_memory_mib(g, camera, backend: str) -> tuple[float, float]:
 
 
 def gsplat_forward(lib, g, camera):
-    """One gsplat forward frame of the same scene and camera (SH degree 0 colours)."""
+    """One gsplat forward frame of the same scene and camera, colours as features (as
+    ANCHORS.md's side-by-side run): the degree-0 SH colour, evaluated once outside the
+    timed frame, like the normalised quaternions."""
     viewmats = camera.viewmat[None].to("cuda", torch.float32)
     Ks = torch.tensor([[[camera.fx, 0.0, camera.cx], [0.0, camera.fy, camera.cy], [0.0, 0.0, 1.0]]],
                       device="cuda")
-    return lambda: lib.rasterization(g.means, torch.nn.functional.normalize(g.quats, dim=-1), g.scales,
-                                     g.opacities, g.sh, viewmats, Ks, camera.width, camera.height,
-                                     near_plane=camera.near, sh_degree=g.sh_degree)
+    quats = torch.nn.functional.normalize(g.quats, dim=-1)
+    colors = (SH_C0 * g.sh[:, 0] + 0.5).clamp_min(0.0)
+    return lambda: lib.rasterization(g.means, quats, g.scales, g.opacities, colors, viewmats, Ks,
+                                     camera.width, camera.height, near_plane=camera.near)
 
 
 def time_gsplat(sizes, camera) -> dict:
