@@ -173,7 +173,8 @@ _PERMUTE_SHORTCUTS = [(torch, "bincount"), (torch, "argsort"), (torch, "sort"), 
 PERMUTATION = Task(
     chapter="11", number=1, title="token permutation (histogram, exclusive scan, scatter)", kind=FUNCTION,
     reference=permutation_reference, make_inputs=_permutation_inputs,
-    # (tokens, experts, top-k): 40 x 2 = 80 assignments need more than one block of 32 or 64
+    # (tokens, experts, top-k): 40 x 2 = 80 assignments outgrow one hard-coded block of 32 or 64
+    # threads (one of 256 shows at the GPU sizes)
     sizes=Sizes(sim=[(1, 3, 1), (5, 4, 2), (13, 5, 2), (9, 6, 3), (40, 5, 2)],
                 hidden=[(3, 2, 2), (17, 7, 3)], gpu=[(4099, 64, 2), (100_003, 8, 2)]),
     forbidden=_PERMUTE_SHORTCUTS, forbidden_why="write the histogram, the scan and the scatter as kernels",
@@ -258,9 +259,10 @@ def _random_trace(steps, experts, k, gen):
     return trace
 
 
-def _cache_inputs(spec_: _Trace, gen):
-    steps = list(spec_.steps) or _random_trace(spec_.random_steps, spec_.experts, spec_.routed_k, gen)
-    return steps, spec_.experts, spec_.capacity, spec_.alpha, spec_.top_p
+def _cache_inputs(trace: _Trace, gen):
+    """The replay's inputs: the steps (worked by hand, or drawn now) and the cache's settings."""
+    steps = list(trace.steps) or _random_trace(trace.random_steps, trace.experts, trace.routed_k, gen)
+    return steps, trace.experts, trace.capacity, trace.alpha, trace.top_p
 
 
 def _replay(cache_cls, trace, experts, capacity, alpha, top_p):
