@@ -65,9 +65,13 @@ def task1_preprocess(image: torch.Tensor) -> torch.Tensor:
     return torch.relu(x)
 
 
+#: how a learner spells the class: gpulab.fusion.Pipeline (built, so no module is named as a string)
+_PIPELINE_NAME = f"{Pipeline.__module__.rpartition('.')[0]}.{Pipeline.__name__}"
+
+
 def _is_rgb_pipeline(pipe):
     if not isinstance(pipe, Pipeline):
-        return f"pass a gpulab.fusion.Pipeline, got {type(pipe).__name__}"
+        return f"pass a {_PIPELINE_NAME}, got {type(pipe).__name__}"
     if pipe.channels != 3:
         return f"the images are RGB: build the pipeline with channels=3 (got {pipe.channels})"
     if pipe.reduction is not None:
