@@ -37,7 +37,7 @@ TORCH_PIN := $(if $(findstring +cpu,$(LOCKED_TORCH)),torch==$(LOCKED_TORCH),torc
 # unreachable); few retries: PyPI and local wheel folders are asked too.
 TORCH_INDEX_ARGS := $(if $(findstring +cpu,$(LOCKED_TORCH)),--extra-index-url $(TORCH_CPU_INDEX) --retries 2)
 
-.PHONY: setup lock lab test test-fast test-gpu test-browser notebooks-gpu exercises doctor clean
+.PHONY: setup lock lab test test-fast test-gpu gpu-checks test-browser notebooks-gpu exercises doctor clean
 
 setup: $(STAMP)
 
@@ -103,10 +103,18 @@ test: $(STAMP)
 test-fast: $(STAMP)
 	$(BIN)/python -m pytest -n $(JOBS) --dist loadfile -p no:cacheprovider tests
 
-# On a machine with a CUDA GPU: the GPU-only tests, then every notebook at full size.
+# On a machine with a CUDA GPU: every test in GPU mode (the GPU-marked ones, and the checks
+# at their GPU sizes), then every notebook at full size, GPU_JOBS processes sharing the GPU.
+# `make gpu-checks PY=python3` runs the same with another interpreter (a GPU image whose
+# python already has the packages, as benchmarks/gpu_setup.sh prepares it), without the venv.
+GPU_JOBS ?= 8
+PY      ?= $(BIN)/python
 test-gpu: $(STAMP)
-	GPULAB_MODE=gpu $(BIN)/python -m pytest -m gpu -p no:cacheprovider tests
-	GPULAB_MODE=gpu $(BIN)/python -m pytest --nbval-lax -p no:cacheprovider notebooks solutions
+	$(MAKE) gpu-checks PY=$(BIN)/python
+
+gpu-checks:
+	GPULAB_MODE=gpu $(PY) -m pytest -n $(GPU_JOBS) --dist loadfile --nbval-lax -p no:cacheprovider \
+	    $(TEST_PATHS)
 
 # End to end in a browser: JupyterLab started by `make lab`, notebooks run in headless Chromium
 # (tests/browser). Uses Debian's chromium (CHROMIUM=path for another Chromium or Chrome),
