@@ -102,3 +102,79 @@ def assert_rejected(check: Callable[[Any], Any], answer: Any, *words: str) -> st
     missing = [w for w in words if w.lower() not in feedback.lower()]
     assert not missing, f"the feedback does not name {missing}: {feedback[:500]}"
     return feedback
+
+
+# ---------------------------------------------------------------- planted answers
+
+#: the least number of planted wrong answers a graded task declares
+MIN_PLANTED = 5
+
+
+def task_id(task) -> str:
+    return f"ch{task.chapter}-task{task.number}"
+
+
+def planted_tasks(number: str) -> list:
+    """The graded tasks of chapter ``number``, declared in its checks module."""
+    import importlib
+
+    from gpulab.course.checks.engine import tasks_of
+    from gpulab.course.registry import chapter
+
+    importlib.import_module(chapter(number).checks_module)
+    return tasks_of(number)
+
+
+def assert_planted_rejected(task) -> str:
+    """Run every planted wrong answer of ``task`` (those a GPU can run, on a GPU); each
+    must be rejected with feedback naming its mistake. Returns the mutation score line."""
+    import gpulab
+    from gpulab.course.feedback import TaskFailed
+
+    assert len(task.planted) >= MIN_PLANTED, f"{task_id(task)} declares {len(task.planted)} planted answers"
+    runnable = [p for p in task.planted if gpulab.SIMULATOR or not p.simulator_only]
+    accepted, unnamed = [], []
+    for planted in runnable:
+        try:
+            task.run(planted.answer)
+        except TaskFailed as exc:
+            if planted.expect.lower() not in str(exc).lower():
+                unnamed.append(f"{planted.name!r}: expected {planted.expect!r} in: {exc}")
+        else:
+            accepted.append(planted.name)
+    rejected = len(runnable) - len(accepted)
+    score = (f"mutation score {task_id(task)} ({task.title}): {rejected}/{len(runnable)} rejected"
+             + (f", {len(unnamed)} without the mistake named" if unnamed else ""))
+    assert not accepted, f"{score}; planted wrong answers accepted: {accepted}"
+    assert not unnamed, f"{score}; feedback did not name the mistake:\n" + "\n".join(unnamed)
+    return score
+
+
+_SOLUTION_NAMESPACES: dict = {}
+
+
+def solution_namespace(number: str) -> dict:
+    """Run chapter ``number``'s solution notebook's set-up cell and its solution cells (not
+    the check cells), once per process: the real answers, not taken from the checks module."""
+    if number not in _SOLUTION_NAMESPACES:
+        import nbformat
+
+        from gpulab.course.registry import chapter, course_root
+
+        path = chapter(number).solution
+        nb = nbformat.read(course_root() / path, as_version=4)
+        code = [c for c in nb.cells if c.cell_type == "code"]
+        namespace: dict = {}
+        for i, cell in enumerate(code):
+            grading = cell.metadata.get("nbgrader", {})
+            if i == 0 or (grading.get("solution") and not grading.get("grade")):
+                exec(compile(cell.source, f"{path}[{i}]", "exec"), namespace)
+        _SOLUTION_NAMESPACES[number] = namespace
+    return _SOLUTION_NAMESPACES[number]
+
+
+def assert_solution_passes(task) -> None:
+    assert task.solution, f"{task_id(task)} names no solution object"
+    namespace = solution_namespace(task.chapter)
+    assert task.solution in namespace, f"the solution notebook defines no {task.solution!r}"
+    task.run(namespace[task.solution])

@@ -33,3 +33,28 @@ def test_on_a_gpu_notebooks_get_two_minutes():
     assert b.over_budget() == []
     b.pytest_runtest_logreport(_report("solutions/17_kernel_agents.ipynb::Cell 3", 30.0))
     assert b.over_budget() == ["notebook solutions/17_kernel_agents.ipynb: 130 s (budget 120 s)"]
+
+
+def test_the_test_log_names_failures_as_they_happen(tmp_path):
+    log = budgets.TestLog(str(tmp_path / "log.txt"))
+    log.pytest_runtest_logreport(SimpleNamespace(nodeid="tests/core/test_a.py::test_ok", duration=1.0,
+                                                 when="call", outcome="passed", failed=False))
+    log.pytest_runtest_logreport(SimpleNamespace(nodeid="tests/core/test_a.py::test_ok", duration=0.1,
+                                                 when="setup", outcome="passed", failed=False))
+    log.pytest_runtest_logreport(SimpleNamespace(nodeid="tests/core/test_a.py::test_bad", duration=2.0,
+                                                 when="call", outcome="failed", failed=True,
+                                                 longrepr="AssertionError: 1 != 2"))
+    lines = (tmp_path / "log.txt").read_text().splitlines()
+    assert lines[0].split() == ["passed", "call", "1.0", "s", "tests/core/test_a.py::test_ok"]
+    assert lines[1].split()[:2] == ["failed", "call"] and lines[1].endswith("test_bad")
+    assert "AssertionError: 1 != 2" in lines[2]
+    assert len(lines) == 3  # the passed setup phase is not logged
+
+
+def test_planted_answers_have_their_own_budget():
+    b = budgets.Budgets(on_gpu=False)
+    b.pytest_runtest_logreport(_report("tests/ch06_gaussian_splatting/test_splat.py::test_a", 35.0))
+    b.pytest_runtest_logreport(_report("tests/ch06_gaussian_splatting/test_ch06_planted.py::test_p", 20.0))
+    assert b.over_budget() == []
+    b.pytest_runtest_logreport(_report("tests/ch06_gaussian_splatting/test_ch06_planted.py::test_q", 6.0))
+    assert b.over_budget() == ["tests/ch06_gaussian_splatting/ planted answers: 26 s (budget 25 s)"]

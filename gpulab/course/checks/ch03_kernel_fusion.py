@@ -288,7 +288,7 @@ check_task4 = BATCH.checker()
 
 
 # ------------------------------------------------------------------ planted wrong answers
-# Plausible mistakes of each task. tests/course/test_planted.py requires every one to be
+# Plausible mistakes of each task. tests/chNN_slug/test_chNN_planted.py requires every one to be
 # rejected with feedback containing its `expect` phrase.
 
 def _pipeline(crop=(8, 4, 32, 56), size=(16, 28), scale=1 / 255, scale_first=True, relu=True):

@@ -15,7 +15,7 @@ opaque Gaussian centred on a pixel (the 0.99 alpha cap), a stack that saturates 
 (the early stop). Tasks 1 and 2 launch some sizes with a different block size, so a
 kernel that assumes one is caught. When a check fails, the feedback compares the answer
 with the classic mistakes and names the one it matches; each task's planted wrong answers
-are declared at the end of this module (tests/course/test_planted.py runs them all).
+are declared at the end of this module (tests/ch06_gaussian_splatting/test_ch06_planted.py runs them all).
 
 Another task (writing the (tile, depth) keys of the sort) can be added as one more
 ``Task`` declaration with its inputs, reference and planted answers.
@@ -452,7 +452,7 @@ check_task3 = COMPOSITE.checker()
 
 
 # ------------------------------------------------------------------ planted wrong answers
-# Plausible mistakes of each task. tests/course/test_planted.py requires every one to be
+# Plausible mistakes of each task. tests/chNN_slug/test_chNN_planted.py requires every one to be
 # rejected with feedback containing its `expect` phrase.
 
 def _make_conic(mistake=None):

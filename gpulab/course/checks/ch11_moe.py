@@ -483,7 +483,7 @@ check_task3 = COMBINE.checker()
 
 
 # ------------------------------------------------------------------ planted wrong answers
-# Plausible mistakes of each task. tests/course/test_planted.py requires every one to be
+# Plausible mistakes of each task. tests/chNN_slug/test_chNN_planted.py requires every one to be
 # rejected with feedback containing its `expect` phrase.
 
 

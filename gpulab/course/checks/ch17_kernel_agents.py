@@ -442,7 +442,7 @@ check_task3.task = OWN_LOOPHOLE_CHECK
 
 
 # ------------------------------------------------------------------ planted wrong answers
-# Plausible mistakes and cheats; tests/course/test_planted.py requires each to be rejected
+# Plausible mistakes and cheats; tests/ch17_kernel_agents/test_ch17_planted.py requires each to be rejected
 # with feedback that names it.
 
 _RMSNORM = _HEADER + """

@@ -44,8 +44,8 @@ What every task gets from the engine, without writing it again:
   likely mistake.
 
 A task also declares at least five :class:`Planted` wrong answers, each with a phrase its
-feedback must contain; ``tests/course/test_planted.py`` runs them all through
-:func:`all_tasks` and prints a mutation score per task. The real answer is not declared
+feedback must contain; each chapter's ``tests/chNN_slug/test_chNN_planted.py`` runs them (through
+``tests/helpers.py``) and prints a mutation score per task. The real answer is not declared
 here (learners can import this package): ``solution`` names the object the chapter's
 solution notebook defines, and the test takes it from there.
 """
