@@ -28,7 +28,7 @@ import pytest
 NOTEBOOK_SIM_S = 60.0
 NOTEBOOK_GPU_S = 120.0
 CHAPTER_TESTS_SIM_S = 40.0
-PLANTED_SIM_S = 25.0
+PLANTED_SIM_S = 30.0
 SUITE_SIM_S = 8 * 60.0     # make test's pytest part; set-up (~1.5 min) comes on top of it
 SUITE_GPU_S = 10 * 60.0
 
