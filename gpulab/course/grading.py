@@ -257,12 +257,7 @@ def _checks_modules(chapter: registry.Chapter | None) -> tuple[list[str], list[s
     first = ["gpulab.course.feedback", "gpulab.course.checks"]
     if chapter is None:
         return first, []
-    last = [chapter.checks_module]
-    if chapter.family:
-        # The old layout, while chapters still move to gpulab.course.checks (a module that
-        # no longer exists is skipped): remove once no family has an assignment module.
-        last.insert(0, f"gpulab.{chapter.family}.assignment")
-    return first, last
+    return first, [chapter.checks_module]
 
 
 def _check_prelude(solution, chapter: registry.Chapter | None) -> str:

@@ -130,36 +130,17 @@ def _old_assignment(ch) -> Path:
     return ROOT / "gpulab" / (ch.family or "") / "assignment.py"
 
 
-def _checks_params():
-    for ch in READY:
-        old = _old_assignment(ch)
-        marks = [pytest.mark.xfail(old.exists(), strict=True,
-                                   reason=f"{old.relative_to(ROOT)} is being moved to {ch.checks_module}")]
-        yield pytest.param(ch, id=ch.stem, marks=marks)
-
-
-@pytest.mark.parametrize("ch", list(_checks_params()))
+@pytest.mark.parametrize("ch", READY, ids=lambda ch: ch.stem)
 def test_ready_chapter_checks_live_with_the_course(ch):
-    # passes once the checks moved to gpulab/course/checks/ AND the old module is gone
+    # the graded checks live in gpulab/course/checks/, never in the family
     assert importlib.util.find_spec(ch.checks_module) is not None, f"no module {ch.checks_module}"
     assert not _old_assignment(ch).exists(), f"{_old_assignment(ch).relative_to(ROOT)} stays next to its move"
 
 
-def _uses_bench_harness(ch) -> bool:
-    script = ROOT / ch.benchmark
-    return script.exists() and re.search(r"\bgpulab\.bench(mark)?\b|from gpulab import bench(mark)?\b",
-                                           script.read_text()) is not None
-
-
-def _results_params():
-    for ch in READY:
-        marks = [] if _uses_bench_harness(ch) else [pytest.mark.xfail(
-            strict=True, reason=f"{ch.benchmark} is being moved onto gpulab.benchmark (its results converted)")]
-        yield pytest.param(ch, id=ch.stem, marks=marks)
-
-
-@pytest.mark.parametrize("ch", list(_results_params()))
+@pytest.mark.parametrize("ch", READY, ids=lambda ch: ch.stem)
 def test_ready_chapter_results_hold_gpu_date_and_headline(ch):
+    script = ROOT / ch.benchmark
+    assert "gpulab.benchmark" in script.read_text(), f"{ch.benchmark} does not use the harness gpulab.benchmark"
     path = ROOT / ch.results
     assert path.exists(), f"chapter {ch.number} is ready but has no {ch.results}"
     data = json.loads(path.read_text())

@@ -16,9 +16,8 @@ with its file and line even when the module would not import. The rules:
 4. nothing names a module of another layer as a string (``"gpulab.kernelagent.worker"``
    in an argv, an ``import_module`` argument): register through the core instead.
 
-Files that other work is moving right now are expected to fail (``xfail(strict=True)``)
-while the old ``gpulab/<family>/assignment.py`` they belong to still exists: the test
-starts passing when the move lands, and fails if the old module stays behind.
+A family's ``assignment.py`` (the old home of graded checks) fails rule 2 if it imports
+the course, and the contract test refuses it next to the chapter's checks module.
 """
 from __future__ import annotations
 
@@ -172,33 +171,12 @@ def notebook_violations(path: Path) -> list[str]:
 
 # ------------------------------------------------------------------ which files, which moves
 
-def _old_assignment(family: str) -> Path:
-    return PACKAGE / family / "assignment.py"
-
-
-# notebook -> the family whose assignment module it imports today (being moved to the course)
-_LECTURES_BEING_MOVED: dict[str, str] = {}
-
-
-def _moving(condition: bool, what: str):
-    return pytest.mark.xfail(condition, strict=True,
-                             reason=f"{what}: being moved to gpulab/course/checks/ (issue 11)")
-
-
 def _package_params():
-    for path in sorted(PACKAGE.rglob("*.py")):
-        marks = []
-        if path.name == "assignment.py" and layer_of_file(path) not in (CORE, COURSE):
-            marks.append(_moving(path.exists(), f"{path.relative_to(ROOT)} imports the course"))
-        yield pytest.param(path, id=str(path.relative_to(ROOT)), marks=marks)
+    return [pytest.param(path, id=str(path.relative_to(ROOT))) for path in sorted(PACKAGE.rglob("*.py"))]
 
 
 def _notebook_params():
-    for path in sorted((ROOT / "notebooks").glob("*.ipynb")):
-        family = _LECTURES_BEING_MOVED.get(path.name)
-        marks = [_moving(_old_assignment(family).exists(), f"{path.name} imports gpulab.{family}.assignment")] \
-            if family else []
-        yield pytest.param(path, id=path.name, marks=marks)
+    return [pytest.param(path, id=path.name) for path in sorted((ROOT / "notebooks").glob("*.ipynb"))]
 
 
 @pytest.mark.parametrize("path", list(_package_params()))
