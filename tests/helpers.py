@@ -125,14 +125,35 @@ def planted_tasks(number: str) -> list:
     return tasks_of(number)
 
 
-def assert_planted_rejected(task) -> str:
+def assert_planted_rejected(task, as_on_a_gpu: bool = False) -> str:
     """Run every planted wrong answer of ``task`` (those a GPU can run, on a GPU); each
-    must be rejected with feedback naming its mistake. Returns the mutation score line."""
+    must be rejected with feedback naming its mistake. Returns the mutation score line.
+
+    ``as_on_a_gpu``: run only the answers a GPU runs, with the simulator's recorder
+    (:mod:`gpulab.simtrace`) switched off as it is on a GPU: what the checks say there must
+    name the mistake without the recorder's findings."""
+    import contextlib
+
     import gpulab
+    from gpulab import simtrace
     from gpulab.course.feedback import TaskFailed
 
     assert len(task.planted) >= MIN_PLANTED, f"{task_id(task)} declares {len(task.planted)} planted answers"
-    runnable = [p for p in task.planted if gpulab.SIMULATOR or not p.simulator_only]
+    runnable = [p for p in task.planted if (gpulab.SIMULATOR and not as_on_a_gpu) or not p.simulator_only]
+    if as_on_a_gpu:
+        @contextlib.contextmanager
+        def recorder_off():
+            yield simtrace.Recording(enabled=False)
+
+        original, simtrace.record = simtrace.record, recorder_off
+        try:
+            return _run_planted(task, runnable, TaskFailed, "as on a GPU ")
+        finally:
+            simtrace.record = original
+    return _run_planted(task, runnable, TaskFailed, "")
+
+
+def _run_planted(task, runnable, TaskFailed, label: str) -> str:
     accepted, unnamed = [], []
     for planted in runnable:
         try:
@@ -143,7 +164,7 @@ def assert_planted_rejected(task) -> str:
         else:
             accepted.append(planted.name)
     rejected = len(runnable) - len(accepted)
-    score = (f"mutation score {task_id(task)} ({task.title}): {rejected}/{len(runnable)} rejected"
+    score = (f"mutation score {label}{task_id(task)} ({task.title}): {rejected}/{len(runnable)} rejected"
              + (f", {len(unnamed)} without the mistake named" if unnamed else ""))
     assert not accepted, f"{score}; planted wrong answers accepted: {accepted}"
     assert not unnamed, f"{score}; feedback did not name the mistake:\n" + "\n".join(unnamed)

@@ -6,9 +6,10 @@ from __future__ import annotations
 
 import pytest
 
+import gpulab
 from gpulab.course.checks.engine import all_tasks
 from gpulab.course.registry import CHAPTERS, course_root
-from helpers import MIN_PLANTED, task_id
+from helpers import MIN_PLANTED, assert_planted_rejected, task_id
 
 READY = [ch for ch in CHAPTERS if ch.ready]
 
@@ -23,3 +24,13 @@ def test_each_ready_chapter_runs_its_planted_answers(ch):
     runner = course_root() / ch.tests / f"test_ch{ch.number}_planted.py"
     assert runner.exists(), f"{runner.relative_to(course_root())} is missing: it runs the planted answers"
     assert "assert_planted_rejected" in runner.read_text() and "assert_solution_passes" in runner.read_text()
+
+
+@pytest.mark.skipif(not gpulab.SIMULATOR, reason="on a GPU the chapters' own planted tests run this way")
+@pytest.mark.parametrize("task", all_tasks(), ids=task_id)
+def test_planted_answers_are_named_without_the_simulators_recorder(task, capsys):
+    """CI has no GPU: the answers a GPU runs are run here with the race recorder off, as
+    on a GPU, so feedback that only the recorder's findings could give is caught here."""
+    score = assert_planted_rejected(task, as_on_a_gpu=True)
+    with capsys.disabled():
+        print(f"\n  {score}")

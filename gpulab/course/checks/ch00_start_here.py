@@ -20,7 +20,7 @@ from numba import cuda, float32
 
 from ... import runtime
 from ...basics import kernels as basics_kernels
-from ...harness import reference
+from ...harness import compare, reference
 from ...launch import kernel
 from .engine import FUNCTION, KERNEL, Hint, Planted, Sizes, Task
 
@@ -143,9 +143,11 @@ BLOCK_SUMS = Task(
     hints=[
         Hint(lambda case: isinstance(case.error, IndexError) or (
                 not case.findings and torch.isnan(case.output[-1:]).all()
-                and not torch.isnan(case.output[:-1]).any()),
+                and compare(case.output[:-1].cpu(), case.expected[0][:-1].cpu(), 1e-5, 1e-5)[0] is None),
              "Threads past the end of x must contribute 0, not read x (read x[i] only if i < x.size)"),
-        Hint(lambda case: any(f.array == "partial" for f in case.findings),
+        # the recorder names the racing writes; on a GPU (no recorder) the unwritten slots show it
+        Hint(lambda case: any(f.array == "partial" for f in case.findings) or (
+                case.output.numel() > 1 and torch.isnan(case.output[1:]).all()),
              "Each block writes its own slot: partial[cuda.blockIdx.x], by one thread"),
         Hint.matches(_even_slots_only,
                      "Only the even positions were added: the tree stops one step early (go down to step 1)"),
