@@ -138,7 +138,9 @@ def _only_last_unwritten(case) -> bool:
 def _wrong_only_where_clamped(case) -> bool:
     ref, out = case.expected[0].cpu(), case.output.cpu()
     wrong = ~torch.isclose(out, ref, rtol=1e-5, atol=1e-5)
-    clamped = (ref <= 0.4 + 1e-6) | (ref >= 1.6 - 1e-6)
+    # at the bounds (2 * 0.2, 2 * 0.8) or just inside them: a bound slightly off (0.79)
+    # also makes values between it and the true bound wrong
+    clamped = (ref <= 0.4 + 0.05) | (ref >= 1.6 - 0.05)
     return bool(wrong.any()) and bool(clamped[wrong].all())
 
 
