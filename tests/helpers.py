@@ -171,31 +171,18 @@ def _run_planted(task, runnable, TaskFailed, label: str) -> str:
     return score
 
 
-_SOLUTION_NAMESPACES: dict = {}
+def chapter_planted_tests(number: str):
+    """The test of ``tests/chNN_slug/test_chNN_planted.py``, parametrized over chapter
+    ``number``'s tasks: each planted wrong answer is rejected with its mistake named (the
+    mutation score printed). A file per chapter lets the test workers share the chapters
+    and the chapter's time budget count them. (That the real answers pass is what running
+    the solution notebook under nbval shows, hidden tests included.)"""
+    import pytest
 
+    @pytest.mark.parametrize("task", planted_tasks(number), ids=task_id)
+    def test_every_planted_wrong_answer_is_rejected_with_its_mistake_named(task, capsys):
+        score = assert_planted_rejected(task)
+        with capsys.disabled():
+            print(f"\n  {score}")
 
-def solution_namespace(number: str) -> dict:
-    """Run chapter ``number``'s solution notebook's set-up cell and its solution cells (not
-    the check cells), once per process: the real answers, not taken from the checks module."""
-    if number not in _SOLUTION_NAMESPACES:
-        import nbformat
-
-        from gpulab.course.registry import chapter, course_root
-
-        path = chapter(number).solution
-        nb = nbformat.read(course_root() / path, as_version=4)
-        code = [c for c in nb.cells if c.cell_type == "code"]
-        namespace: dict = {}
-        for i, cell in enumerate(code):
-            grading = cell.metadata.get("nbgrader", {})
-            if i == 0 or (grading.get("solution") and not grading.get("grade")):
-                exec(compile(cell.source, f"{path}[{i}]", "exec"), namespace)
-        _SOLUTION_NAMESPACES[number] = namespace
-    return _SOLUTION_NAMESPACES[number]
-
-
-def assert_solution_passes(task) -> None:
-    assert task.solution, f"{task_id(task)} names no solution object"
-    namespace = solution_namespace(task.chapter)
-    assert task.solution in namespace, f"the solution notebook defines no {task.solution!r}"
-    task.run(namespace[task.solution])
+    return test_every_planted_wrong_answer_is_rejected_with_its_mistake_named
