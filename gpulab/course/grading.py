@@ -46,7 +46,7 @@ from pathlib import Path
 
 import nbformat
 
-from . import registry
+from . import pristine, registry
 
 __all__ = ["grade_notebook", "grade_folder", "identify_chapter", "GradeReport", "Gradebook",
            "TaskResult", "graded_cells", "OWN_CHECKS_WARNING"]
@@ -227,9 +227,10 @@ def _registered(key: str) -> registry.Chapter:
 _GUARD = '''\
 import os as _os
 _os.environ["GPULAB_GRADING"] = "1"
-from gpulab.course import guard as _guard
+from gpulab.course import guard as _guard, pristine as _pristine
 _guard.install({blocked!r})
-del _guard
+_pristine.install({checks!r})
+del _guard, _pristine
 '''
 
 # Run before each restored check cell. The shared course modules are reloaded first and the
@@ -274,7 +275,8 @@ def _check_prelude(solution, chapter: registry.Chapter | None) -> str:
             continue
         imports += [ast.unparse(node) for node in tree.body if isinstance(node, (ast.Import, ast.ImportFrom))]
     first, last = _checks_modules(chapter)
-    return _RELOAD.format(first=first, last=last) + "".join(line + "\n" for line in dict.fromkeys(imports))
+    return (pristine.RESTORE_LINE + _RELOAD.format(first=first, last=last)
+            + "".join(line + "\n" for line in dict.fromkeys(imports)))
 
 
 def _restore_checks(submission, solution, chapter) -> tuple[nbformat.NotebookNode, list[str]]:
@@ -426,7 +428,8 @@ def grade_notebook(path: Path, solution: Path | None = None, cell_timeout: float
         nb, notes = _restore_checks(submission, solution_nb, ch)
         report.notes += notes
     blocked = [os.path.abspath(root / "solutions")] + ([os.path.abspath(solution)] if solution else [])
-    nb.cells.insert(0, nbformat.v4.new_code_cell(_GUARD.format(blocked=blocked)))
+    checks = [ch.checks_module] if ch is not None else []
+    nb.cells.insert(0, nbformat.v4.new_code_cell(_GUARD.format(blocked=blocked, checks=checks)))
     with tempfile.TemporaryDirectory(prefix="gpulab-grade-") as tmp:
         workdir = Path(tmp)
         for folder in ("notebooks", "exercises"):  # relative paths a notebook may use

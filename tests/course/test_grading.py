@@ -161,7 +161,8 @@ def _checks_replaced(nb):
 def _partly_right_00():
     """Task 1 right, task 2 reads past the end of x, task 3 a stub whose check the learner
     tries to switch off (rebinding the module's function, shadowing the name, patching
-    the feedback module the checks use)."""
+    the feedback module the checks use, and the harness's compare and torch.isnan that the
+    engine uses, which a reload of the checks would only bind to again)."""
     nb = _read("exercises", "00_start_here")
     by_id = {c.metadata.get("nbgrader", {}).get("grade_id"): c for c in _read("solutions", "00_start_here").cells}
     for cell in nb.cells:
@@ -174,7 +175,11 @@ def _partly_right_00():
     cheat = nbformat.v4.new_code_cell("checks.check_vector_sum = lambda *a, **k: None\n"
                                       "def check_vector_sum(*a, **k):\n    return None\n"
                                       "import gpulab.course.feedback as fb\n"
-                                      "fb.require = lambda *a, **k: None")
+                                      "fb.require = lambda *a, **k: None\n"
+                                      # the core the checks use: restored before each check
+                                      "import gpulab.harness as _h, torch\n"
+                                      "_h.compare = lambda *a, **k: (None, 0.0, 0.0)\n"
+                                      "torch.isnan = lambda t: torch.zeros_like(t, dtype=torch.bool)")
     first_check = next(i for i, c in enumerate(nb.cells) if c.metadata.get("nbgrader", {}).get("grade"))
     nb.cells.insert(first_check, cheat)
     nb.metadata.pop("gpulab")            # no chapter in its metadata: found from its content
