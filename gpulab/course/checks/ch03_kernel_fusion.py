@@ -5,9 +5,11 @@ Task 2  fuse a chain of elementwise ops by hand: one kernel, one grid-stride loo
 Task 3  fuse a final reduction: a block tree in shared memory, one atomic per block
 Task 4  horizontal fusion: items of different sizes in one flat buffer, one launch
 
-The engine launches the learner's kernels itself, with a small fixed grid (so a kernel
-without a grid-stride loop leaves elements unwritten), on fresh random inputs of sizes
-that are not multiples of the block; under the simulator it also records each launch, so
+The engine launches the learner's kernels itself, with a small grid (so a kernel without
+a grid-stride loop leaves elements unwritten) whose size varies from size to size
+(``TASK_GRIDS``: a stride written as a number instead of ``cuda.gridsize(1)`` skips or
+repeats elements), on fresh random inputs of sizes that are not multiples of the block;
+under the simulator it also records each launch, so
 a plain ``+=`` across blocks or a missing ``cuda.syncthreads()`` is named even when the
 simulator's thread order happens to give the right number.
 """
@@ -15,6 +17,7 @@ from __future__ import annotations
 
 import inspect
 import math
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -28,28 +31,56 @@ from ...harness import reference
 from ...launch import kernel
 from .engine import FUNCTION, KERNEL, Hint, Planted, Sizes, Task
 
-__all__ = ["TASK_BLOCK", "TASK_GRID", "MEAN", "STD", "task1_preprocess", "check_task1",
+__all__ = ["TASK_BLOCK", "TASK_GRID", "TASK_GRIDS", "MEAN", "STD", "task1_preprocess", "check_task1",
            "task2_reference", "check_task2", "task3_reference", "check_task3", "make_batch",
            "task4_reference", "check_task4", "PIPELINE", "FUSED_CHAIN", "FUSED_SUM", "BATCH"]
 
 #: threads per block the checks launch with (a power of two; small under the simulator)
 TASK_BLOCK = BLOCK
-#: blocks the checks launch with: far fewer threads than elements, so loops must stride
+#: blocks the checks launch with, typically: far fewer threads than elements, so loops must stride
 TASK_GRID = runtime.pick(2, 264)
+#: the grids the checks of tasks 2 to 4 launch: the size varies, so a stride hard-coded to
+#: one grid's thread count (instead of cuda.gridsize(1)) skips elements on a smaller grid
+TASK_GRIDS = (TASK_GRID - 1, TASK_GRID, TASK_GRID + 1)
+#: a stride written as a number: the thread count of the usual grid (hints and planted answers)
+_HARD_CODED_STRIDE = TASK_GRID * TASK_BLOCK
 
 MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
-_SIZES = Sizes(sim=[1, 7, 4 * BLOCK + 5], hidden=[2, BLOCK + 1, 9 * BLOCK - 1],
-               gpu=[1000, 3_000_001, 10_000_019])
+
+
+@dataclass(frozen=True)
+class _Launch:
+    """One size of tasks 2 to 4: ``n`` elements (task 4: ``n`` items), launched on ``blocks``
+    blocks of TASK_BLOCK threads along x."""
+    n: int
+    blocks: int = TASK_GRID
+
+    @property
+    def threads(self) -> int:
+        return self.blocks * TASK_BLOCK
+
+    def __str__(self) -> str:
+        return f"{self.n} on {self.blocks} block{'s' if self.blocks > 1 else ''} of {TASK_BLOCK} threads"
+
+
+_SMALLER, _, _LARGER = TASK_GRIDS
+# sizes past the grid's threads run on the smaller grid before the larger one: a hard-coded
+# stride skips elements there (on a GPU too); on a larger grid it only repeats them, which
+# only the simulator's recorder sees
+_SIZES = Sizes(sim=[_Launch(1), _Launch(7, _LARGER), _Launch(4 * BLOCK + 5, _SMALLER)],
+               hidden=[_Launch(2, _SMALLER), _Launch(BLOCK + 1), _Launch(9 * BLOCK - 1, _LARGER)],
+               gpu=[_Launch(1000), _Launch(3_000_001, _SMALLER), _Launch(10_000_019, _LARGER)])
 
 
 # ------------------------------------------------------------------------ task 1
 
-def _preprocess(image, crop=(8, 4, 32, 56), size=(16, 28), scale=1 / 255, scale_first=True, relu=True):
+def _preprocess(image, crop=(8, 4, 32, 56), size=(16, 28), scale=1 / 255, scale_first=True, relu=True,
+                mean=MEAN, std=STD):
     top, left, h, w = crop
     x = image[top:top + h, left:left + w].to(torch.float32)
     x = F.interpolate(x.permute(2, 0, 1)[None], size=size, mode="bilinear", align_corners=False)
     x = x[0].permute(1, 2, 0)
-    mean, std = torch.tensor(MEAN, device=x.device), torch.tensor(STD, device=x.device)
+    mean, std = torch.tensor(mean, device=x.device), torch.tensor(std, device=x.device)
     x = (x * scale - mean) / std if scale_first else (x - mean) / std * scale
     return torch.relu(x) if relu else x
 
@@ -72,6 +103,10 @@ _PIPELINE_NAME = f"{Pipeline.__module__.rpartition('.')[0]}.{Pipeline.__name__}"
 def _is_rgb_pipeline(pipe):
     if not isinstance(pipe, Pipeline):
         return f"pass a {_PIPELINE_NAME}, got {type(pipe).__name__}"
+    if type(pipe) is not Pipeline:
+        # a subclass can replace __call__ (compute in torch, say): grade the library's own class
+        return (f"pass a {_PIPELINE_NAME} itself, not a subclass ({type(pipe).__name__}): the task "
+                "is to compose the library's fused operations, and the check runs its fused kernel")
     if pipe.channels != 3:
         return f"the images are RGB: build the pipeline with channels=3 (got {pipe.channels})"
     if pipe.reduction is not None:
@@ -98,6 +133,8 @@ PIPELINE = Task(
         Hint.matches(lambda image: _preprocess(image, scale_first=False),
                      "The order of the ops: scale to [0, 1] (fk.mul) before fk.normalize"),
         Hint.matches(lambda image: _preprocess(image, relu=False), "The final fk.relu() is missing"),
+        Hint.matches(lambda image: _preprocess(image, mean=MEAN[::-1], std=STD[::-1]),
+                     "The mean and std are in reverse (BGR) order: the image is RGB, fk.normalize(MEAN, STD)"),
     ],
     solution="pipe",
 )
@@ -117,17 +154,33 @@ def task2_reference(x: torch.Tensor) -> torch.Tensor:
 
 def _random_vector(size, gen):
     # (-4, 4): sigmoid(1.5 x + 0.25) reaches both clamp bounds
-    return (torch.rand(size, generator=gen) - 0.5) * 8
+    return (torch.rand(size.n, generator=gen) - 0.5) * 8
 
 
 def _launch_on_task_grid(kernel_, inputs, outputs, size):
-    kernel_[TASK_GRID, TASK_BLOCK](*inputs, *outputs)
+    kernel_[size.blocks, TASK_BLOCK](*inputs, *outputs)
 
 
 def _unwritten_past_grid(case) -> bool:
     mask = case.unwritten.reshape(-1)
-    covered = TASK_GRID * TASK_BLOCK
+    covered = case.size.threads
     return mask.numel() > covered and bool(mask[covered:].all()) and not bool(mask[:covered].any())
+
+
+def _has_gaps(mask) -> bool:
+    """An unwritten element lies between written ones: a stride that skips elements."""
+    written = torch.nonzero(~mask).flatten()
+    if written.numel() < 2:
+        return False
+    return bool(mask[int(written[0]):int(written[-1])].any())
+
+
+def _race_between_blocks(case) -> bool:
+    return any(f.kind == "race" and "of block" in f.message for f in case.findings)
+
+
+_FIXED_STRIDE = ("stride by the grid's size, cuda.gridsize(1), not a number: the check launches grids "
+                 "of different sizes (checks.TASK_GRIDS), so a fixed stride skips or repeats elements")
 
 
 def _only_last_unwritten(case) -> bool:
@@ -149,9 +202,14 @@ FUSED_CHAIN = Task(
     reference=task2_reference, make_inputs=_random_vector, sizes=_SIZES, trials=1,
     launch=_launch_on_task_grid, candidate_name="your fused kernel",
     hints=[
-        Hint(_unwritten_past_grid, f"Elements past the first TASK_GRID * TASK_BLOCK were never written: "
+        Hint(_unwritten_past_grid, "Elements past the grid's threads (blocks * TASK_BLOCK) were never written: "
                                    "use a grid-stride loop, for i in range(cuda.grid(1), x.size, cuda.gridsize(1))"),
         Hint(_only_last_unwritten, "The last element was never written: loop up to x.size"),
+        Hint(lambda case: _has_gaps(case.unwritten.reshape(-1)), "Elements between written ones were "
+                                                                 "skipped: " + _FIXED_STRIDE),
+        Hint(_race_between_blocks, "Threads of two blocks wrote one element: each thread starts at "
+                                   "cuda.grid(1) and strides by the whole grid, cuda.gridsize(1) (the check "
+                                   "launches grids of different sizes, checks.TASK_GRIDS)"),
         Hint(lambda case: not case.unwritten.any() and _wrong_only_where_clamped(case),
              "Wrong only where the clamp applies: clamp to [0.2, 0.8] after the sigmoid"),
         Hint.matches(lambda x: 2 * torch.sigmoid(torch.clamp(1.5 * x + 0.25, 0.2, 0.8)),
@@ -188,6 +246,22 @@ def _atomic_on_gpu(kernel_):
     return None
 
 
+def _is_sum_of(case, wrong: torch.Tensor) -> bool:
+    """The output equals ``wrong``, which differs from the right sum."""
+    return case.output_matches(wrong) and not torch.allclose(wrong.cpu(), case.expected[0].cpu(),
+                                                             rtol=1e-4, atol=1e-4)
+
+
+def _sum_with_fixed_stride(case) -> torch.Tensor:
+    """What a grid-stride loop with the stride hard-coded to TASK_GRID * TASK_BLOCK sums on
+    the launched grid: element i once for each thread t <= i, t < threads, t = i (mod stride)."""
+    (x,), threads, stride = case.inputs, case.size.threads, _HARD_CODED_STRIDE
+    i = torch.arange(x.numel(), device=x.device)
+    first, last = i % stride, torch.clamp(i, max=threads - 1)
+    times = torch.where(first <= last, (last - first) // stride + 1, 0)
+    return (torch.square(torch.relu(x - 0.5)) * times).sum().reshape(1)
+
+
 FUSED_SUM = Task(
     chapter="03", number=3, title="fuse the final reduction", kind=KERNEL,
     reference=task3_reference, make_inputs=_random_vector, sizes=_SIZES, trials=1,
@@ -197,8 +271,10 @@ FUSED_SUM = Task(
         Hint(lambda case: any(f.kind == "race" for f in case.findings),
              "Blocks run at the same time: add each block's sum into out[0] with cuda.atomic.add"),
         Hint.matches(lambda x: x.sum().reshape(1), "That is sum(x): apply relu(x - 0.5) ** 2 to each element first"),
-        Hint.matches(lambda x: task3_reference.__wrapped__(x[:TASK_GRID * TASK_BLOCK]),
-                     "Only the first TASK_GRID * TASK_BLOCK elements were summed: use a grid-stride loop"),
+        Hint(lambda case: _is_sum_of(case, task3_reference.__wrapped__(case.inputs[0][:case.size.threads])),
+             "Only the first (blocks * TASK_BLOCK) elements were summed: use a grid-stride loop"),
+        Hint(lambda case: _is_sum_of(case, _sum_with_fixed_stride(case)), "The sum matches a fixed stride: "
+                                                                          + _FIXED_STRIDE),
         Hint.matches(lambda x: torch.square(torch.relu(x - 0.4)).sum().reshape(1),
                      "The threshold is 0.5: relu(x - 0.5)"),
         Hint(lambda case: float(case.output.abs().sum()) > 2 * float(case.expected[0].abs().sum()) > 0,
@@ -241,7 +317,7 @@ def task4_reference(flat: torch.Tensor, offsets: torch.Tensor, gains: torch.Tens
 def _launch_batch(kernel_, inputs, outputs, size):
     flat, offsets, gains = inputs
     # one launch for the whole batch: blockIdx.y picks the item
-    kernel_[(TASK_GRID, gains.numel()), TASK_BLOCK](flat, offsets, gains, *outputs)
+    kernel_[(size.blocks, gains.numel()), TASK_BLOCK](flat, offsets, gains, *outputs)
 
 
 def _item_ends_unwritten(case) -> bool:
@@ -251,11 +327,30 @@ def _item_ends_unwritten(case) -> bool:
     return bool(mask.any()) and all(bool(mask[e]) for e in ends) and int(mask.sum()) == len(ends)
 
 
+def _item_starts_unwritten(case) -> bool:
+    offsets = case.inputs[1].cpu().long()
+    mask = case.unwritten
+    starts = [int(a) for a, b in zip(offsets[:-1], offsets[1:]) if b > a]
+    return bool(mask.any()) and all(bool(mask[s]) for s in starts) and int(mask.sum()) == len(starts)
+
+
+def _items(case):
+    offsets = case.inputs[1].cpu().long().tolist()
+    return list(zip(offsets[:-1], offsets[1:]))
+
+
+def _gaps_in_an_item(case) -> bool:
+    if case.error is not None:      # a launch cut off by an exception leaves gaps of its own
+        return False
+    return any(_has_gaps(case.unwritten[a:b]) for a, b in _items(case))
+
+
 def _beyond_grid_in_an_item_unwritten(case) -> bool:
     offsets, mask = case.inputs[1].cpu().long(), case.unwritten
-    covered = TASK_GRID * TASK_BLOCK
-    return any(bool(mask[a + covered:b].all()) and not bool(mask[a:a + covered].any())
-               for a, b in zip(offsets[:-1].tolist(), offsets[1:].tolist()) if b - a > covered)
+    covered = case.size.threads
+    return not _gaps_in_an_item(case) and any(
+        bool(mask[a + covered:b].all()) and not bool(mask[a:a + covered].any())
+        for a, b in zip(offsets[:-1].tolist(), offsets[1:].tolist()) if b - a > covered)
 
 
 def _without_tanh(flat, offsets, gains):
@@ -272,15 +367,23 @@ def _with_first_gain(flat, offsets, gains):
 
 BATCH = Task(
     chapter="03", number=4, title="fuse a batch of differently sized items into one launch", kind=KERNEL,
-    reference=task4_reference, make_inputs=lambda n_items, gen: make_batch(n_items, gen),
-    sizes=Sizes(sim=[1, 3, 5], hidden=[2, 7], gpu=[32, 256]), trials=1, launch=_launch_batch,
+    reference=task4_reference, make_inputs=lambda size, gen: make_batch(size.n, gen),
+    # n items (item 0 longer than the grid); the smaller grid first, as in tasks 2 and 3
+    sizes=Sizes(sim=[_Launch(1), _Launch(3, _SMALLER), _Launch(5, _LARGER)],
+                hidden=[_Launch(2, _LARGER), _Launch(7, _SMALLER)], gpu=[_Launch(32, _SMALLER), _Launch(256)]),
+    trials=1, launch=_launch_batch,
     candidate_name="your batched kernel",
     hints=[
         Hint(lambda case: bool(case.findings) or isinstance(case.error, IndexError),
-             "cuda.blockIdx.y is the item; the TASK_GRID blocks along x share its elements"),
+             "cuda.blockIdx.y is the item; the blocks along x share its elements"),
         Hint(_item_ends_unwritten, "The last element of each item was never written: loop up to offsets[item + 1]"),
+        Hint(_item_starts_unwritten, "The first element of each item was never written: start at offsets[item] "
+                                     "(plus the thread's index along x)"),
         Hint(_beyond_grid_in_an_item_unwritten,
-             "An item longer than TASK_GRID * TASK_BLOCK was cut short: stride by gridDim.x * blockDim.x"),
+             "An item longer than the grid's threads along x was cut short: stride by gridDim.x * blockDim.x"),
+        Hint(_gaps_in_an_item, "Elements of an item between written ones were skipped: stride by "
+                               "gridDim.x * blockDim.x, not a number (the check launches grids of different "
+                               "sizes along x, checks.TASK_GRIDS)"),
         Hint.matches(_with_first_gain, "Every item used gains[0]: each item has its own gain, gains[item]"),
         Hint.matches(_without_tanh, "The tanh is missing: out = tanh(item * gain)"),
     ],
@@ -293,10 +396,18 @@ check_task4 = BATCH.checker()
 # Plausible mistakes of each task. tests/chNN_slug/test_chNN_planted.py requires every one to be
 # rejected with feedback containing its `expect` phrase.
 
-def _pipeline(crop=(8, 4, 32, 56), size=(16, 28), scale=1 / 255, scale_first=True, relu=True):
-    norm = fk.normalize(MEAN, STD)
+def _pipeline(crop=(8, 4, 32, 56), size=(16, 28), scale=1 / 255, scale_first=True, relu=True, bgr=False,
+              cls=Pipeline):
+    norm = fk.normalize(MEAN[::-1], STD[::-1]) if bgr else fk.normalize(MEAN, STD)
     maps = [fk.mul(scale), norm] if scale_first else [norm, fk.mul(scale)]
-    return Pipeline(fk.crop(*crop), fk.resize(*size), *maps, *([fk.relu()] if relu else []), channels=3)
+    return cls(fk.crop(*crop), fk.resize(*size), *maps, *([fk.relu()] if relu else []), channels=3)
+
+
+class _TorchPipeline(Pipeline):
+    """A Pipeline in name only: its __call__ computes the preprocessing in torch."""
+
+    def __call__(self, image, *args, **kwargs):
+        return task1_preprocess.__wrapped__(image)
 
 
 PIPELINE.planted = [
@@ -306,17 +417,21 @@ PIPELINE.planted = [
     Planted("normalize before scaling", _pipeline(scale_first=False), "order of the ops"),
     Planted("relu missing", _pipeline(relu=False), "relu() is missing"),
     Planted("one channel", Pipeline(fk.crop(8, 4, 32, 56), fk.resize(16, 28), fk.mul(1 / 255)), "channels=3"),
+    Planted("mean and std in BGR order", _pipeline(bgr=True), "BGR"),
+    Planted("a Pipeline subclass that computes in torch", _pipeline(cls=_TorchPipeline), "not a subclass"),
     Planted("the reference itself", task1_preprocess, "Pipeline"),
 ]
 
 
 def _make_chain(mistake=None):
-    no_stride, clamp_first, misses_last, in_place, cap_079 = (
-        mistake == m for m in ("no_stride", "clamp_first", "misses_last", "in_place", "cap_079"))
+    no_stride, clamp_first, misses_last, in_place, cap_079, fixed_stride = (
+        mistake == m for m in ("no_stride", "clamp_first", "misses_last", "in_place", "cap_079", "fixed_stride"))
 
     @kernel
     def chain(x, out):
         stride = x.size + 1 if no_stride else cuda.gridsize(1)
+        if fixed_stride:
+            stride = _HARD_CODED_STRIDE
         end = x.size - 1 if misses_last else x.size
         hi = float32(0.79) if cap_079 else float32(0.8)
         for i in range(cuda.grid(1), end, stride):
@@ -339,14 +454,15 @@ FUSED_CHAIN.planted = [
     Planted("misses the last element", _make_chain("misses_last"), "last element"),
     Planted("writes the input in place", _make_chain("in_place"), "input 0 was modified"),
     Planted("upper clamp 0.79", _make_chain("cap_079"), "where the clamp applies"),
+    Planted("stride hard-coded to TASK_GRID * TASK_BLOCK", _make_chain("fixed_stride"), "cuda.gridsize(1), not a number"),
     Planted("the reference itself", task2_reference, "@gpulab.kernel"),
 ]
 
 
 def _make_fused_sum(mistake=None):
-    no_stride, no_transform, every_thread_adds, plain_add, no_sync, threshold_04 = (
+    no_stride, no_transform, every_thread_adds, plain_add, no_sync, threshold_04, fixed_stride = (
         mistake == m for m in ("no_stride", "no_transform", "every_thread_adds", "plain_add", "no_sync",
-                               "threshold_04"))
+                               "threshold_04", "fixed_stride"))
 
     @kernel
     def fused_sum(x, out):
@@ -354,6 +470,8 @@ def _make_fused_sum(mistake=None):
         t = cuda.threadIdx.x
         acc = float32(0.0)
         stride = x.size + 1 if no_stride else cuda.gridsize(1)
+        if fixed_stride:
+            stride = _HARD_CODED_STRIDE
         for i in range(cuda.grid(1), x.size, stride):
             if no_transform:
                 acc += x[i]
@@ -386,20 +504,25 @@ FUSED_SUM.planted = [
     Planted("plain += across blocks", _make_fused_sum("plain_add"), "atomic", simulator_only=True),
     Planted("no syncthreads", _make_fused_sum("no_sync"), "syncthreads", simulator_only=True),
     Planted("threshold 0.4", _make_fused_sum("threshold_04"), "threshold is 0.5"),
+    Planted("stride hard-coded to TASK_GRID * TASK_BLOCK", _make_fused_sum("fixed_stride"),
+            "cuda.gridsize(1), not a number"),
 ]
 
 
 def _make_batch_kernel(mistake=None):
-    x_is_item, off_by_one, first_gain, no_stride, no_tanh = (
-        mistake == m for m in ("x_is_item", "off_by_one", "first_gain", "no_stride", "no_tanh"))
+    x_is_item, off_by_one, first_gain, no_stride, no_tanh, fixed_stride, skips_first = (
+        mistake == m for m in ("x_is_item", "off_by_one", "first_gain", "no_stride", "no_tanh", "fixed_stride",
+                               "skips_first"))
 
     @kernel
     def batch(flat, offsets, gains, out):
         item = cuda.blockIdx.x if x_is_item else cuda.blockIdx.y
-        start = offsets[item]
+        start = offsets[item] + 1 if skips_first else offsets[item]
         end = offsets[item + 1] - 1 if off_by_one else offsets[item + 1]
         gain = gains[0] if first_gain else gains[item]
         stride = end - start + 1 if no_stride else cuda.gridDim.x * cuda.blockDim.x
+        if fixed_stride:
+            stride = _HARD_CODED_STRIDE
         for i in range(start + cuda.blockIdx.x * cuda.blockDim.x + cuda.threadIdx.x, end, stride):
             out[i] = flat[i] * gain if no_tanh else math.tanh(flat[i] * gain)
 
@@ -413,4 +536,6 @@ BATCH.planted = [
     Planted("every item uses gains[0]", _make_batch_kernel("first_gain"), "gains[item]"),
     Planted("no grid-stride loop", _make_batch_kernel("no_stride"), "stride by gridDim.x"),
     Planted("tanh missing", _make_batch_kernel("no_tanh"), "tanh is missing"),
+    Planted("stride hard-coded to TASK_GRID * TASK_BLOCK", _make_batch_kernel("fixed_stride"), "not a number"),
+    Planted("starts one past the item's start", _make_batch_kernel("skips_first"), "first element of each item"),
 ]
