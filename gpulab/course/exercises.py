@@ -185,6 +185,8 @@ def generate_all(root: Path, force: bool = False) -> Generated:
         if ex.exists() and (ex.read_text() == text or _only_run(ex, text)):
             continue
         if ex.exists() and edited_by_learner(ex):
+            if _learners_work_on_current_version(ex.read_text(), text):
+                continue   # their edits of the current version: nothing newer to offer
             if not force:
                 result.kept.append(ex)
                 continue
@@ -213,9 +215,48 @@ def _is_backup(path: Path) -> bool:
     return BACKUP_TAG in path.name
 
 
-def stale_exercises(root: Path) -> list[str]:
-    """Names of exercises that are missing, out of date, or have no solution."""
-    stale = [sol.name for sol, ex in _pairs(root) if not ex.exists() or ex.read_text() != exercise_text(sol)]
+def _committed_text(root: Path, path: Path) -> str | None:
+    """``path`` as the last commit holds it (None when git or the file is not there)."""
+    import subprocess
+
+    try:
+        run = subprocess.run(["git", "-C", str(root), "show", f"HEAD:{path.relative_to(root).as_posix()}"],
+                             capture_output=True, text=True, timeout=30)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return run.stdout if run.returncode == 0 else None
+
+
+def _learners_work_on_current_version(text: str, generated: str) -> bool:
+    """A learner edited the exercise, and it was generated from the current solution: the
+    fingerprint it records is the one the generator would write now."""
+    try:
+        nb = nbformat.reads(text, as_version=4)
+    except Exception:
+        return False
+    recorded = nb.metadata.get("gpulab", {}).get("fingerprint")
+    return recorded != fingerprint(nb) and recorded == fingerprint(nbformat.reads(generated, as_version=4))
+
+
+def stale_exercises(root: Path, committed: bool = False) -> list[str]:
+    """Names of exercises that are missing, out of date, or have no solution.
+
+    By default the files as they are: an exercise a learner edited counts as fresh while it
+    was generated from the current solution (their work is theirs). ``committed=True``
+    judges what the last commit holds instead (the maintainers' test: exercises/ is committed
+    exactly as generated, whatever a learner's working copy holds); a file git does not
+    know falls back to the working copy."""
+    stale = []
+    for sol, ex in _pairs(root):
+        generated = exercise_text(sol)
+        text = _committed_text(root, ex) if committed else None
+        if text is None:
+            text = ex.read_text() if ex.exists() else None
+        if text == generated:
+            continue
+        if text is not None and not committed and _learners_work_on_current_version(text, generated):
+            continue
+        stale.append(sol.name)
     solutions = {p.name for p in (root / "solutions").glob("*.ipynb")}
     orphans = [p.name + " (no solution)" for p in (root / "exercises").glob("*.ipynb")
                if p.name not in solutions and not _is_backup(p)]

@@ -31,7 +31,7 @@ def test_notebook_is_stored_without_outputs(path):
 
 
 def test_every_solution_has_a_fresh_exercise():
-    assert exercises.stale_exercises(ROOT) == [], "run `gpulab exercises` and commit exercises/"
+    assert exercises.stale_exercises(ROOT, committed=True) == [], "run `gpulab exercises` and commit exercises/"
 
 
 def test_cli_exercises_check_passes():
@@ -108,6 +108,26 @@ def test_stale_exercise_is_detected(tmp_path):
     assert "orphan.ipynb (no solution)" in exercises.stale_exercises(tmp_path)
     (tmp_path / "exercises" / "orphan.ipynb").rename(tmp_path / "exercises" / "a.backup-20260101-000000.ipynb")
     assert exercises.stale_exercises(tmp_path) == ["a.ipynb"], "a learner's backup is not an orphan"
+
+
+def test_a_learners_edits_of_the_current_version_are_fresh_and_kept(tmp_path):
+    """A learner edits the exercise: `gpulab exercises --check` (and so `make test`) stays
+    green and `gpulab exercises` (so `make lab`) neither replaces it nor says a newer
+    version is ready, until the solution really changes."""
+    (tmp_path / "solutions").mkdir()
+    sol = tmp_path / "solutions" / "a.ipynb"
+    nbformat.write(_nb("### BEGIN SOLUTION\nx = 1\n### END SOLUTION"), sol)
+    exercises.generate_all(tmp_path)
+    ex = tmp_path / "exercises" / "a.ipynb"
+    nb = nbformat.read(str(ex), as_version=4)
+    nb.cells[0].source = "x = 1  # my answer"
+    nbformat.write(nb, ex)
+    assert exercises.stale_exercises(tmp_path) == []
+    again = exercises.generate_all(tmp_path)
+    assert (again.written, again.kept) == ([], []) and "my answer" in ex.read_text()
+    nbformat.write(_nb("### BEGIN SOLUTION\nx = 2\n### END SOLUTION", "print(x)"), sol)   # the course changes
+    assert exercises.stale_exercises(tmp_path) == ["a.ipynb"]
+    assert exercises.generate_all(tmp_path).kept == [ex] and "my answer" in ex.read_text()
 
 
 # ------------------------------------------------- a learner's work is never lost
