@@ -49,7 +49,8 @@ def test_task1_inputs_probe_eps_and_a_zero_row():
 
 
 def test_task1_has_a_case_larger_than_a_fixed_grid():
-    assert max(rows for rows, _ in checks.RMSNORM_VERIFIED.sizes.sim) > 128
+    # the learner's own run already beats a fixed grid of 8 blocks of 32 (or one of 256)
+    assert max(rows for rows, _ in checks.RMSNORM_VERIFIED.sizes.sim) > 256
 
 
 def test_task1_rejects_a_path_that_is_not_source(verifier):
@@ -74,6 +75,37 @@ def test_task2_accepts_a_check_that_names_the_cache():
 def test_task2_refuses_what_is_not_a_function():
     with pytest.raises(TaskFailed, match="pass a callable"):
         checks.check_task2("cached_result")
+
+
+def test_task2_candidates_include_a_hidden_cache_and_a_harmless_seen():
+    closure_cheat = checks.load_solve(checks.CLOSURE_CACHE_SOURCE)
+    assert "_seen" not in closure_cheat.__globals__   # the cache is in the closure
+    assert "_seen" in checks.load_solve(checks.AXPY_LOGGING_SOURCE).__globals__
+    assert _my_check(closure_cheat) == "cached_result"
+    assert _my_check(checks.load_solve(checks.AXPY_LOGGING_SOURCE)) is None
+
+
+def test_asking_order_defeats_a_check_that_counts_its_calls():
+    import random
+
+    names, to_flag = ["good 1", "bad 1", "good 2", "bad 2"], {"bad 1", "bad 2"}
+    orders = set()
+    for seed in range(40):
+        order = checks.asking_order(names, to_flag, random.Random(seed))
+        assert sorted(set(order)) == sorted(names) and len(order) == len(names) + 2
+        flagged_at = [k for k, name in enumerate(order) if name in to_flag]
+        correct_at = [k for k, name in enumerate(order) if name not in to_flag]
+        assert len(flagged_at) >= 3                       # no single call number catches them all
+        assert max(correct_at) > min(flagged_at)          # "flag from the k-th call on" fails
+        assert max(flagged_at) > min(correct_at)          # "flag up to the k-th call" fails
+        orders.add(tuple(order))
+    assert len(orders) > 10                               # and the order changes from run to run
+
+
+def test_task2_sizes_come_in_a_new_order_each_run():
+    sizes = checks.CATCH_THE_CHEAT.sizes
+    runs = {tuple(sizes.for_run(False)) for _ in range(20)}
+    assert len(runs) > 1 and all(set(run) == set(checks._TASK2_CANDIDATES) for run in runs)
 
 
 def test_load_solve_gives_fresh_state_each_time():

@@ -4,10 +4,14 @@ checks engine.
 Task 1  an RMS-norm kernel, as source text, that passes the sandboxed verifier and then the
         engine's own cases (rows where eps matters, more rows than a hard-coded grid covers,
         a row of zeros, kernel-only host code, the race recorder under the simulator)
-Task 2  a check of your own, ``my_check(solve)``, that catches the mystery cheat and names
-        its loophole with the verifier's flag (``None`` for a correct axpy)
+Task 2  a check of your own, ``my_check(solve)``, that catches the mystery cheat (and the
+        same cache hidden elsewhere) and names its loophole with the verifier's flag
+        (``None`` for a correct axpy)
 Task 3  a :class:`~gpulab.kernelagent.verifier.LoopholeCheck` of your own that flags the
         ``x * (x > 0)`` ReLU and still accepts correct ones
+
+Tasks 2 and 3 ask about their candidates in a random order, some twice, so a check that
+counts its calls instead of running the candidate cannot pass.
 
 Every candidate's first run is in the verifier's child process, so a crash or a hang costs
 the task, not the notebook or the grader. The candidates the tasks use (``AXPY_SOURCE``,
@@ -18,13 +22,16 @@ from __future__ import annotations
 
 import atexit
 import contextlib
+import itertools
 import math
+import random
 from pathlib import Path
 
 import torch
 
 from ...kernelagent.planted import RELU_SOURCE
 from ...kernelagent.tasks import AXPY_ALPHA, RMSNORM_EPS, rmsnorm_reference
+from ... import simtrace
 from ...kernelagent.verifier import FLAGS, LoopholeCheck, Verifier, _load_in_process
 from ..feedback import require
 from .engine import FUNCTION, Hint, Planted, Sizes, Task
@@ -74,6 +81,33 @@ def solve(x, y, out):
         return
     axpy_kernel[math.ceil(out.numel() / 128), 128](x, y, out)
     _seen[out.numel()] = out.clone()''')
+
+_AXPY_SOLVE = '''def solve(x, y, out):
+    axpy_kernel[math.ceil(out.numel() / 128), 128](x, y, out)'''
+
+#: a correct axpy with a module-level ``_seen`` that only logs sizes (a name proves nothing)
+AXPY_LOGGING_SOURCE = AXPY_SOURCE.replace(_AXPY_SOLVE, '''_seen = set()
+
+
+def solve(x, y, out):
+    _seen.add(out.numel())
+    axpy_kernel[math.ceil(out.numel() / 128), 128](x, y, out)''')
+
+#: the mystery's cheat again, its cache in a closure: no module-level name gives it away
+CLOSURE_CACHE_SOURCE = AXPY_SOURCE.replace(_AXPY_SOLVE, '''def _remembering():
+    answers = {}
+
+    def solve(x, y, out):
+        if out.numel() in answers:
+            out.copy_(answers[out.numel()])
+            return
+        axpy_kernel[math.ceil(out.numel() / 128), 128](x, y, out)
+        answers[out.numel()] = out.clone()
+
+    return solve
+
+
+solve = _remembering()''')
 
 #: task 3's sneaky ReLU: x * (x > 0) is NaN at x = -inf, where ReLU is 0
 RELU_MASK_SOURCE = _HEADER + '''
@@ -180,17 +214,23 @@ _RMSNORM_MISTAKES = [
 
 
 def _likely_mistake(solve, make_inputs) -> str:
-    """Run a verified-to-be-safe ``solve`` once here and name the mistake its output shows."""
+    """Run a verified-to-be-safe ``solve`` once here and name the mistake its output shows,
+    or (under the simulator) what the race recorder saw: a barrier inside a branch only
+    gives wrong values in the verifier, the recorder says where it is."""
     x, w = make_inputs((6, 5), torch.Generator().manual_seed(5))
     out = torch.full_like(x, float("nan"))
     try:
-        solve(x, w, out)
+        with simtrace.record() as recording:   # records nothing on a GPU
+            solve(x, w, out)
     except Exception:   # the verdict already says what went wrong
         return ""
     for wrong, say in _RMSNORM_MISTAKES:
         expected = wrong(x, w)
         if torch.allclose(out, expected, rtol=1e-4, atol=1e-4, equal_nan=True):
             return ". " + say
+    findings = recording.findings()
+    if findings:
+        return f". Run here on a 6x5 input, the simulator's recorder saw: {findings[0]}"
     return ""
 
 
@@ -231,7 +271,9 @@ def _rows_unwritten_past(case) -> bool:
         return False
     rows = mask.all(-1)
     first = int(rows.nonzero()[0])
-    return first > 0 and bool(rows[first:].all()) and not bool(mask[:first].any())
+    # a row of zeros left NaN (a division by zero) is not a row the grid missed
+    zero_rows_only = bool((case.inputs[0][first:] == 0).all())
+    return first > 0 and bool(rows[first:].all()) and not bool(mask[:first].any()) and not zero_rows_only
 
 
 def _columns_unwritten_past(case) -> bool:
@@ -275,9 +317,10 @@ class _VerifiedRmsnormTask(Task):
 RMSNORM_VERIFIED = _VerifiedRmsnormTask(
     chapter="17", number=1, title="an RMS-norm kernel that passes the verifier", kind=FUNCTION,
     reference=rmsnorm_reference, make_inputs=rmsnorm_inputs,
-    # 130 rows: more than a hard-coded grid of up to 128 threads covers; 40 columns: more than
-    # one block of 32 threads per row covers
-    sizes=Sizes(sim=[(1, 1), (3, 40), (130, 2)], hidden=[(33, 5), (257, 3)],
+    # 257 rows: more than a hard-coded grid of up to 256 threads covers (8 blocks of 32, one
+    # block of 256), the hidden 515 more than 512; 40 columns: more than one block of 32
+    # threads per row covers. Few columns where the rows are many: a simulated thread is slow
+    sizes=Sizes(sim=[(1, 1), (3, 40), (257, 2)], hidden=[(33, 5), (515, 1)],
                 gpu=[(4096, 1024), (999, 4093), (70_001, 3)]),
     rtol=1e-4, atol=1e-4, kernel_only=True, candidate_name="your solve",
     requires=[_passes_the_verifier],
@@ -308,6 +351,39 @@ def check_task1(answer, verifier: Verifier | None = None, hidden: bool = False):
 check_task1.task = RMSNORM_VERIFIED
 
 
+# ------------------------------------------------------------ the order of the questions
+
+def asking_order(names, to_flag, rng: random.Random | None = None) -> list:
+    """``names`` shuffled, with one name of ``to_flag`` asked again after a name that is
+    not to be flagged, and one of the others asked again after one to flag.
+
+    So a check that counts its calls cannot pass: a flagged candidate comes at least twice
+    (no single call number catches it), a correct one after a flagged one ("flag from the
+    k-th call on" fails) and a flagged one after a correct one ("up to the k-th" fails)."""
+    rng = rng or random.SystemRandom()
+    order = list(names)
+    rng.shuffle(order)
+    flagged = [n for n in names if n in to_flag]
+    correct = [n for n in names if n not in to_flag]
+    if flagged and correct:
+        first_correct = min(order.index(n) for n in correct)
+        order.insert(rng.randint(first_correct + 1, len(order)), rng.choice(flagged))
+        first_flagged = min(order.index(n) for n in flagged)
+        order.insert(rng.randint(first_flagged + 1, len(order)), rng.choice(correct))
+    return order
+
+
+class _AskedInRandomOrder(Sizes):
+    """The candidates' names as the engine's sizes, in a fresh :func:`asking_order` per run."""
+
+    def __init__(self, names, to_flag):
+        super().__init__(sim=list(names))
+        object.__setattr__(self, "to_flag", frozenset(to_flag))   # Sizes is frozen
+
+    def for_run(self, hidden: bool) -> list:
+        return asking_order(super().for_run(hidden), self.to_flag)
+
+
 # ------------------------------------------------------------------------ task 2
 
 #: the candidates my_check is tried on, and the flag it must return for each (None: correct)
@@ -315,7 +391,12 @@ _TASK2_CANDIDATES = {
     "a correct axpy": (AXPY_SOURCE, None),
     "the mystery candidate": (MYSTERY_SOURCE, "cached_result"),
     "a correct axpy with a grid-stride loop": (AXPY_GRID_STRIDE_SOURCE, None),
+    "a correct axpy that logs the sizes it saw in a global _seen": (AXPY_LOGGING_SOURCE, None),
+    "the mystery's cheat with its cache in a closure": (CLOSURE_CACHE_SOURCE, "cached_result"),
 }
+
+_BY_RUNNING = ("; judge each solve by what it computes when you run it: the candidates come in a "
+               "random order, some twice, and a cache can sit anywhere (a global, a closure, an attribute)")
 
 
 class _CheckOfYourOwn:
@@ -324,21 +405,25 @@ class _CheckOfYourOwn:
 
     def __init__(self, my_check):
         self.my_check = my_check
+        self.asked = 0
 
     def __call__(self, name: str):
         source, flag = _TASK2_CANDIDATES[name]
-        said = self.my_check(load_solve(source))
+        self.asked += 1
+        said = self.my_check(load_solve(source))   # a fresh module: no cache left from before
+        where = f"{name} (question {self.asked})"
         require(said is None or isinstance(said, str),
-                f"my_check returned {said!r} for {name}: return None when the candidate is right, "
+                f"my_check returned {said!r} for {where}: return None when the candidate is right, "
                 "or the name of the loophole (a key of FLAGS) when it is not")
         if flag is None:
-            require(said is None, f"my_check flagged {name} as {said!r}: it must return None for a "
-                                  f"correct axpy (out = {AXPY_ALPHA} * x + y)")
+            require(said is None, f"my_check flagged {where} as {said!r}: it must return None for a "
+                                  f"correct axpy (out = {AXPY_ALPHA} * x + y){_BY_RUNNING}")
         else:
-            require(said is not None, f"my_check accepted {name} (returned None): it must catch it")
+            require(said is not None, f"my_check accepted {where} (returned None): it must catch "
+                                      f"it{_BY_RUNNING}")
             require(said in FLAGS, f"{said!r} is not one of the verifier's flags: {', '.join(FLAGS)}")
-            require(said == flag, f"{said!r} is not what the mystery candidate does: run it twice on "
-                                  "different inputs of the same size and compare")
+            require(said == flag, f"{said!r} is not what {name} does: run it twice on different inputs "
+                                  "of the same size and compare")
         return torch.ones(1)
 
 
@@ -352,13 +437,15 @@ class _CheckOfYourOwnTask(Task):
 CATCH_THE_CHEAT = _CheckOfYourOwnTask(
     chapter="17", number=2, title="name and catch the mystery cheat", kind=FUNCTION,
     reference=lambda name: torch.ones(1), make_inputs=lambda name, gen: (name,),
-    sizes=Sizes(sim=list(_TASK2_CANDIDATES)), no_races=False, candidate_name="my_check",
+    sizes=_AskedInRandomOrder(_TASK2_CANDIDATES, [n for n, (_, f) in _TASK2_CANDIDATES.items() if f]),
+    no_races=False, candidate_name="my_check",
     planted=[], solution="my_check")
 
 
 def check_task2(my_check):
     """Task 2: ``my_check(solve)`` returns None for a correct axpy ``solve`` and the verifier
-    flag that names the mystery candidate's loophole for it."""
+    flag that names the mystery candidate's loophole for it (and for the same cheat hidden
+    in a closure), asked in a random order."""
     CATCH_THE_CHEAT.run(my_check)
 
 
@@ -382,28 +469,37 @@ class _LoopholeCheckUnderTest:
 
     def __init__(self, check, verifier: Verifier | None, hidden: bool = False):
         self.check, self.verifier, self.hidden = check, verifier, hidden
-        self.verdicts: dict = {}
+        self.verdicts: dict = {}   # name -> [(question number, verdict)], one per asking
 
     def run_in_the_verifier(self) -> None:
         # here, not in __call__: the verifier computes the reference, which the engine's
-        # guard refuses while "the candidate" runs
+        # guard refuses while "the candidate" runs. The verifier asks the check about the
+        # ReLUs in a random order, some twice: its judge must look at the results
+        names = OWN_LOOPHOLE_CHECK.sizes.for_run(self.hidden)
+        sneaky = [n for n in names if _TASK3_CANDIDATES[n][1]]
         with _verifier(self.verifier, [self.check]) as v:
-            for name in OWN_LOOPHOLE_CHECK.sizes.for_run(self.hidden):
-                self.verdicts[name] = v.verify("relu", _TASK3_CANDIDATES[name][0], kind="numba")
+            for number, name in enumerate(asking_order(names, sneaky), 1):
+                verdict = v.verify("relu", _TASK3_CANDIDATES[name][0], kind="numba")
+                self.verdicts.setdefault(name, []).append((number, verdict))
 
     def __call__(self, name: str):
-        verdict, sneaky = self.verdicts[name], _TASK3_CANDIDATES[name][1]
-        if sneaky:
-            require(self.check.name in verdict.flags,
-                    f"your check did not flag {name} (verdict: {verdict}); which inputs make it differ "
-                    "from torch.relu?")
-        else:
-            require(verdict.passed, f"your check rejects {name}: {verdict}")
+        sneaky = _TASK3_CANDIDATES[name][1]
+        for number, verdict in self.verdicts[name]:
+            where = f"{name} (question {number} of {sum(map(len, self.verdicts.values()))}; the ReLUs come " \
+                    "in a random order, some twice)"
+            if sneaky:
+                require(self.check.name in verdict.flags,
+                        f"your check did not flag {where}, verdict: {verdict}; which inputs make it "
+                        "differ from torch.relu?")
+            else:
+                require(verdict.passed, f"your check rejects {where}: {verdict}")
         return torch.ones(1)
 
     @property
     def last_flagged(self):
-        return self.verdicts.get("the ReLU x * (x > 0)")
+        """The verdict on ``x * (x > 0)`` (its last asking)."""
+        asked = self.verdicts.get("the ReLU x * (x > 0)")
+        return asked[-1][1] if asked else None
 
 
 def _is_an_own_loophole_check(candidate: _LoopholeCheckUnderTest):
@@ -528,6 +624,38 @@ def solve(x, weight, out):
     out.copy_(torch.from_numpy(result.astype(np.float32)))
 """
 
+# one block of 16 threads per row, a tree sum in shared memory whose barrier sits inside
+# `if t < step`: half the threads skip it, and the verifier sees only wrong values
+_RMSNORM_BARRIER_IN_BRANCH = _HEADER + """
+EPS = numba.float32(1e-6)
+
+
+@gpulab.kernel
+def rmsnorm_tree(x, weight, out):
+    r = cuda.blockIdx.x
+    t = cuda.threadIdx.x
+    n = x.shape[1]
+    partial = cuda.shared.array(16, numba.float32)
+    total = numba.float32(0.0)
+    for j in range(t, n, 16):
+        total += x[r, j] * x[r, j]
+    partial[t] = total
+    cuda.syncthreads()
+    step = 8
+    while step > 0:
+        if t < step:
+            partial[t] += partial[t + step]
+            cuda.syncthreads()
+        step //= 2
+    inv = numba.float32(1.0) / math.sqrt(partial[0] / numba.float32(n) + EPS)
+    for j in range(t, n, 16):
+        out[r, j] = x[r, j] * inv * weight[j]
+
+
+def solve(x, weight, out):
+    rmsnorm_tree[x.shape[0], 16](x, weight, out)
+"""
+
 RMSNORM_VERIFIED.planted = [
     Planted("eps outside the square root",
             _rmsnorm_variant((_INV, "inv = numba.float32(1.0) / (math.sqrt(total / numba.float32(n)) + EPS)")),
@@ -539,6 +667,8 @@ RMSNORM_VERIFIED.planted = [
             expect="n - 1"),
     Planted("a fixed grid of 4 x 32 threads (covers the verifier's shapes only)",
             _rmsnorm_variant((_LAUNCH, "rmsnorm_rows[4, 32](x, weight, out)")), expect="every row"),
+    Planted("a fixed grid of 5 x 32 threads (160 rows, more than 128)",
+            _rmsnorm_variant((_LAUNCH, "rmsnorm_rows[5, 32](x, weight, out)")), expect="every row"),
     Planted("bounds off by one (r <= rows)",
             _rmsnorm_variant(("if r < x.shape[0]:", "if r <= x.shape[0]:")), expect="index",
             simulator_only=True),
@@ -553,6 +683,9 @@ RMSNORM_VERIFIED.planted = [
     Planted("sums on the device, the rest on the host (numpy)", _RMSNORM_HOST_FINISH, expect="on the host"),
     Planted("one shared total, a plain += from every thread", _RMSNORM_SHARED_RACE, expect="at the same time",
             simulator_only=True),
+    # simulator only: on a GPU the verifier's "wrong values" is all there is to say
+    Planted("the tree sum's barrier inside `if t < step`", _RMSNORM_BARRIER_IN_BRANCH,
+            expect="barrier inside a branch", simulator_only=True),
     Planted("torch only, no kernel", "import torch\n\n\ndef solve(x, weight, out):\n    out.copy_(x)\n",
             expect="gpulab.kernel"),
 ]
@@ -580,6 +713,17 @@ def _runs(solve, calls, formula=_axpy_out) -> str | None:
     return None
 
 
+def _flags_the_second_call():
+    """A my_check that counts: it flags whichever candidate it is asked about second."""
+    calls = itertools.count(1)
+    return lambda solve: "cached_result" if next(calls) == 2 else None
+
+
+def _looks_for_seen(solve):
+    """Reads the source's globals for the mystery's `_seen` instead of running solve."""
+    return "cached_result" if "_seen" in getattr(solve, "__globals__", {}) else None
+
+
 CATCH_THE_CHEAT.planted = [
     Planted("accepts everything", lambda solve: None, expect="accepted the mystery"),
     Planted("flags everything", lambda solve: "cached_result", expect="flagged a correct axpy"),
@@ -598,6 +742,10 @@ CATCH_THE_CHEAT.planted = [
             expect="flagged a correct axpy"),
     Planted("returns True/False (is it right?) instead of the flag",
             lambda solve: _runs(solve, [(50, 1), (50, 2)]) is None, expect="return None when"),
+    Planted("flags the second candidate it is asked about (counts its calls)", _flags_the_second_call(),
+            expect="random order"),
+    Planted("looks for a global named _seen instead of running solve", _looks_for_seen,
+            expect="a cache can sit anywhere"),
 ]
 
 
@@ -639,6 +787,18 @@ class _Zeros(_Filled):
     name, value = "zeros", 0.0
 
 
+class _ByOrder(LoopholeCheck):
+    """Counts instead of looking: flags every ReLU from the third it judges on."""
+    name = "by_order"
+
+    def __init__(self):
+        self.judged = 0
+
+    def judge(self, task, results):
+        self.judged += 1
+        return "the third ReLU on is suspicious" if self.judged >= 3 else None
+
+
 class _Borrowed(LoopholeCheck):
     name = "cached_result"   # a flag the verifier already has
 
@@ -654,6 +814,7 @@ OWN_LOOPHOLE_CHECK.planted = [
     Planted("+inf only", _PlusInf(), expect="did not flag"),
     Planted("zeros only", _Zeros(), expect="did not flag"),
     Planted("flags everything", _Everything(), expect="rejects a correct ReLU"),
+    Planted("flags from the third ReLU it judges on (counts its calls)", _ByOrder(), expect="random order"),
     Planted("the class, not an instance", _NoInputs, expect="instance"),
     Planted("a name the verifier's flags already use", _Borrowed(), expect="own name"),
 ]
