@@ -1,5 +1,10 @@
+"""pytest set-up for the whole checkout (here, not in tests/, so that a run of notebooks
+alone, `pytest -m ch06 --nbval-lax notebooks/06_gaussian_splatting.ipynb`, gets the chapter
+markers and the time budgets too): GPU-only tests skipped without a GPU, one marker per
+chapter of the registry, and the budgets of tests/budgets.py."""
 import os
 import re
+import sys
 from pathlib import Path
 
 os.environ.setdefault("GPULAB_QUIET", "1")
@@ -8,6 +13,9 @@ import pytest  # noqa: E402
 
 import gpulab  # noqa: E402  (before numba: it picks GPU or simulator)
 from gpulab.course.registry import CHAPTERS  # noqa: E402
+
+# tests/ holds the shared test modules (budgets, helpers) that tests import by name
+sys.path.insert(0, str(Path(__file__).resolve().parent / "tests"))
 
 import budgets  # noqa: E402  (tests/budgets.py: time budgets that fail the run)
 

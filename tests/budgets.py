@@ -46,7 +46,7 @@ class Budgets:
         self.start = time.monotonic()
         self.full_suite = False
 
-    # -- pytest hooks (registered by tests/conftest.py) --
+    # -- pytest hooks (registered by the checkout's conftest.py) --
     def pytest_collection_finish(self, session):
         roots = {str(a).split("::")[0].rstrip("/") for a in session.config.args}
         self.full_suite = {"tests", "notebooks", "solutions"} <= {os.path.basename(r) for r in roots}
