@@ -51,8 +51,54 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _registry():
+    """gpulab/course/registry.py loaded on its own: importing the package would configure
+    numba and import torch, which `gpulab chapters` (and `make test CH=NN`) need not wait for."""
+    import importlib.util
+    from pathlib import Path
+
+    package = importlib.util.find_spec("gpulab")
+    if package is None or not package.submodule_search_locations:
+        raise SystemExit("gpulab: the gpulab package is not installed")
+    path = Path(package.submodule_search_locations[0]) / "course" / "registry.py"
+    spec = importlib.util.spec_from_file_location("_gpulab_registry", path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up by name
+    spec.loader.exec_module(module)
+    return module
+
+
+def cmd_chapters(args) -> int:
+    registry = _registry()
+    if args.paths:
+        try:
+            ch = registry.chapter(args.paths)
+        except KeyError as exc:
+            print(f"gpulab chapters: {exc.args[0]}", file=sys.stderr)
+            return 2
+        try:
+            root = registry.course_root()
+        except FileNotFoundError as exc:
+            print(f"gpulab chapters: {exc}", file=sys.stderr)
+            return 2
+        paths = [p for p in (ch.tests, ch.lecture, ch.solution) if (root / p).exists()]
+        if not paths:  # an empty list would make pytest run everything
+            print(f"gpulab chapters: chapter {ch.number} ({ch.status}) has no tests, lecture or "
+                  "solution yet", file=sys.stderr)
+            return 2
+        print(" ".join(str(p) for p in paths))
+        return 0
+    for ch in registry.CHAPTERS:
+        if args.ready and not ch.ready:
+            continue
+        print(f"{ch.number}  {ch.slug:<22} {ch.status:<8} {ch.title}")
+    return 0
+
+
 def main(argv=None) -> int:
     args = _parser().parse_args(argv)
+    if args.command == "chapters":
+        return cmd_chapters(args)
     from gpulab.course import cli
 
     return getattr(cli, f"cmd_{args.command}")(args)

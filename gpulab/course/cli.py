@@ -138,30 +138,6 @@ def cmd_grade(args) -> int:
     return 1 if below else 0
 
 
-def cmd_chapters(args) -> int:
-    from .registry import CHAPTERS, chapter
-
-    if args.paths:
-        try:
-            ch = chapter(args.paths)
-        except KeyError as exc:
-            print(f"gpulab chapters: {exc.args[0]}", file=sys.stderr)
-            return 2
-        root = _course_root()
-        paths = [p for p in (ch.tests, ch.lecture, ch.solution) if (root / p).exists()]
-        if not paths:  # an empty list would make pytest run everything
-            print(f"gpulab chapters: chapter {ch.number} ({ch.status}) has no tests, lecture or "
-                  "solution yet", file=sys.stderr)
-            return 2
-        print(" ".join(str(p) for p in paths))
-        return 0
-    for ch in CHAPTERS:
-        if args.ready and not ch.ready:
-            continue
-        print(f"{ch.number}  {ch.slug:<22} {ch.status:<8} {ch.title}")
-    return 0
-
-
 def cmd_bench(args) -> int:
     from .registry import chapter
 

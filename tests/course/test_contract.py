@@ -285,3 +285,18 @@ def test_twin_helper_catches_a_twin_that_differs_past_a_block():
     assert awkward_sizes(32) == [1, 7, 13, 31, 33]
     assert assert_twins_equal(spec, spec, make_inputs) == 5
     assert_rejected(lambda twin: assert_twins_equal(spec, twin, make_inputs), off_by_one, "size=33")
+
+
+def test_gpulab_chapters_lists_the_registry_without_importing_torch():
+    import subprocess
+    import sys
+
+    code = ("import sys, gpulab_cli\n"
+            "status = gpulab_cli.main(['chapters'])\n"
+            "assert 'torch' not in sys.modules and 'numba' not in sys.modules, 'imported torch or numba'\n"
+            "sys.exit(status)")
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, cwd=ROOT)
+    assert run.returncode == 0, run.stderr
+    lines = run.stdout.splitlines()
+    assert [line.split()[0] for line in lines] == [ch.number for ch in CHAPTERS] and len(lines) == 19
+    assert all(line.split()[2] == ch.status for line, ch in zip(lines, CHAPTERS))
