@@ -177,6 +177,37 @@ TWIN_EXTRAS = {
 }
 
 
+# public functions only one twin offers, and why: the rest must exist on both sides
+TWIN_ONLY = {
+    "gpulab.splat.torch_impl": {
+        "quat_to_rotmat": "a step of projection the numba kernel does inline",
+        "covariance_3d": "a step of projection the numba kernel does inline",
+        "project_covariance": "a step of projection the numba kernel does inline",
+        "conic_and_radius": "a step of projection the numba kernel does inline",
+        "tile_rects": "a step of binning the numba kernel does inline",
+        "tile_grid": "the tile count; kernels imports this one",
+        "sort_keys": "the sort both paths run (torch.sort); kernels re-exports this one",
+        "trace_pixel": "a per-pixel explanation for the lecture, not a pipeline stage",
+    },
+    "gpulab.splat.kernels": {
+        "raster_kernel_for": "picks the compiled raster kernel for a feature count",
+    },
+    "gpulab.moe.torch_impl": {
+        "expert_ffn": "one expert's MLP, the step of the torch loop over experts (the baseline)",
+        "load_balancing_loss": "training only (differentiable), on the torch path",
+        "validate_experts": "input checks both paths call",
+        "validate_routing_inputs": "input checks both paths call",
+        "validate_topk": "input checks both paths call",
+    },
+    "gpulab.moe.kernels": {
+        "gemm_tiles": "the register-tiled GEMM's launch geometry",
+        "grouped_gemm_naive": "the simple kernel kept for comparison",
+        "moe_ffn_fused": "the persistent fused kernel, a numba-only variant of moe_ffn",
+        "persistent_blocks": "the fused kernel's launch geometry",
+    },
+}
+
+
 def test_every_family_with_two_twins_is_declared():
     families = {p.parent.name for p in (ROOT / "gpulab").glob("*/torch_impl.py")
                 if (p.parent / "kernels.py").exists()}
@@ -208,6 +239,13 @@ def test_twins_offer_the_same_signatures(family):
     torch_fns, numba_fns = _public_functions(torch_mod), _public_functions(numba_mod)
     shared = sorted(set(torch_fns) & set(numba_fns))
     assert shared, f"{family}: its twins share no public function"
+    for mine, other, name in ((torch_fns, numba_fns, torch_name), (numba_fns, torch_fns, numba_name)):
+        one_sided = set(mine) - set(other)
+        undeclared = sorted(one_sided - set(TWIN_ONLY.get(name, {})))
+        assert not undeclared, (f"{name} offers {undeclared}, which its twin lacks: add them to the twin, "
+                                "or to TWIN_ONLY with the reason")
+        stale = sorted(set(TWIN_ONLY.get(name, {})) - one_sided)
+        assert not stale, f"TWIN_ONLY[{name!r}] lists {stale}, which are not one-sided any more"
     mismatched = []
     for name in shared:
         a = _shape(torch_name, name, torch_fns[name])
