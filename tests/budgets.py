@@ -83,8 +83,8 @@ class Budgets:
     def pytest_terminal_summary(self, terminalreporter):
         tr = terminalreporter
         tr.section("time budgets")
-        for chapter, seconds in sorted(self.by_chapter.items()):
-            planted = self.planted_by_chapter.get(chapter, 0.0)
+        for chapter in sorted(set(self.by_chapter) | set(self.planted_by_chapter)):
+            seconds, planted = self.by_chapter.get(chapter, 0.0), self.planted_by_chapter.get(chapter, 0.0)
             tr.write_line(f"tests/{chapter}/: {seconds:6.1f} s of {CHAPTER_TESTS_SIM_S:.0f}, "
                           f"planted answers {planted:5.1f} s of {PLANTED_SIM_S:.0f}")
         for path, seconds in sorted(self.by_file.items()):
