@@ -228,6 +228,16 @@ def test_task2_replays_the_lecture_hand_trace_first():
     assert HAND_TRACE[0] == ([0.50, 0.30, 0.10, 0.10], [0, 1])
 
 
+def test_task2_traces_hold_no_tie_at_the_top_p_boundary():
+    # the task leaves such a tie open (either expert may be raised), so no trace may hold one;
+    # the random traces draw continuous probabilities
+    for trace in checks._TRACES + checks._HIDDEN_TRACES:
+        for step, (probs, _) in enumerate(trace.steps):
+            ranked = sorted(probs, reverse=True)
+            if trace.top_p < len(probs):
+                assert ranked[trace.top_p - 1] != ranked[trace.top_p], f"{trace}: step {step}"
+
+
 # ------------------------------------------------------------ task 3: combine
 
 @gpulab.kernel

@@ -16,7 +16,10 @@ Each task declares its planted wrong answers at the end of this module; the engi
 """
 from __future__ import annotations
 
+import dis
+import inspect
 import math
+import types
 from dataclasses import dataclass
 
 import torch
@@ -174,8 +177,8 @@ PERMUTATION = Task(
     chapter="11", number=1, title="token permutation (histogram, exclusive scan, scatter)", kind=FUNCTION,
     reference=permutation_reference, make_inputs=_permutation_inputs,
     # (tokens, experts, top-k): 40 x 2 = 80 assignments outgrow one hard-coded block of 32 or 64
-    # threads (one of 256 shows at the GPU sizes)
-    sizes=Sizes(sim=[(1, 3, 1), (5, 4, 2), (13, 5, 2), (9, 6, 3), (40, 5, 2)],
+    # threads, 70 x 2 = 140 a grid hard-coded to 4 blocks of 32 (one of 256 shows at the GPU sizes)
+    sizes=Sizes(sim=[(1, 3, 1), (5, 4, 2), (13, 5, 2), (9, 6, 3), (40, 5, 2), (70, 5, 2)],
                 hidden=[(3, 2, 2), (17, 7, 3)], gpu=[(4099, 64, 2), (100_003, 8, 2)]),
     forbidden=_PERMUTE_SHORTCUTS, forbidden_why="write the histogram, the scan and the scatter as kernels",
     kernel_only=True, own_kernels=(moe_kernels,), verify=_verify_permutation,
@@ -236,12 +239,32 @@ _DECAY_TRACE = tuple([([0.50, 0.25, 0.25], [0])] * 4) + (
     ([0.05, 0.05, 0.90], [2]),
 )
 
+#: top_p 1: expert 2 is raised at step 0 while not cached and must decay at step 1 like any
+#: other (0.35 -> 0.175); at step 2 it then scores 0.0875, below expert 0's 0.1, and is evicted.
+#: A score kept while uncached (0.35, then 0.175 once cached) evicts 0 instead
+_UNCACHED_DECAY_TRACE = (
+    ([0.05, 0.20, 0.70, 0.05], [3, 0]),
+    ([0.40, 0.30, 0.10, 0.20], [2]),      # evict 3 (score 0); 2 comes in with its decayed score
+    ([0.20, 0.10, 0.30, 0.40], [1]),      # S0 = 0.1 against S2 = 0.0875: evict 2
+)
+#: top_p 1: expert 0 is evicted at step 1 with score 0.2 and keeps it, decaying (0.1, 0.05);
+#: back in the cache at step 3 it outscores expert 3 (0.025), so 3 is evicted. A score reset
+#: to 0 on eviction evicts 0 instead
+_EVICTED_SCORE_TRACE = (
+    ([0.30, 0.10, 0.20, 0.40], [0, 3]),
+    ([0.40, 0.20, 0.30, 0.10], [3, 2]),   # evict 0 (score 0.2)
+    ([0.20, 0.10, 0.40, 0.30], [3, 0]),   # evict 2 (score 0.2)
+    ([0.05, 0.05, 0.70, 0.20], [2]),      # S0 = 0.05 against S3 = 0.025: evict 3
+)
+
 _TRACES = [
     _Trace(4, 2, 2, 0.5, tuple(HAND_TRACE), "the lecture's hand trace"),
     _Trace(4, 2, 1, 0.5, _TIE_TRACE, "a trace of ties and pinned experts"),
     _Trace(3, 2, 1, 0.25, _ALPHA_TRACE, "a trace where alpha decides"),
     _Trace(3, 2, 1, 0.5, _TOP_P_TRACE, "a trace where top_p decides"),
     _Trace(3, 2, 1, 0.5, _DECAY_TRACE, "a trace where the top expert's decay decides"),
+    _Trace(4, 2, 1, 0.5, _UNCACHED_DECAY_TRACE, "a trace where an uncached expert's decay decides"),
+    _Trace(4, 2, 1, 0.5, _EVICTED_SCORE_TRACE, "a trace where an evicted expert's score decides"),
     _Trace(6, 3, 3, 0.5, random_steps=40, routed_k=2),
     _Trace(8, 4, 8, 0.7, random_steps=40, routed_k=2),
     _Trace(8, 3, 2, 0.25, random_steps=40, routed_k=1),
@@ -309,9 +332,48 @@ def _is_cache_class(cache_cls) -> str | None:
     return None
 
 
+#: one operation compiled two ways: Python 3.11 loads a method of a module imported in the
+#: same file with LOAD_ATTR, and of any other name with LOAD_METHOD
+_SAME_OPERATION = {"LOAD_METHOD": "LOAD_ATTR"}
+_JUMPS = set(dis.hasjrel) | set(dis.hasjabs)
+
+
+def _code_of(code: types.CodeType) -> tuple:
+    """What compiled code does, as (operation, operand) pairs: the names, constants and
+    nested code it uses, without its name, file, line numbers, docstring or jump offsets.
+    One source compiled again (under another class name, from another file) gives the same."""
+    operations = []
+    for ins in dis.get_instructions(code):
+        operand = None if ins.opcode in _JUMPS else ins.argval
+        if isinstance(operand, types.CodeType):
+            operand = _code_of(operand)
+        operations.append((_SAME_OPERATION.get(ins.opname, ins.opname), operand))
+    return tuple(operations)
+
+
+#: the methods that make ScoreCache the policy (its graded behaviour)
+_POLICY_METHODS = ("observe", "victim")
+
+
+def _copies_the_package_policy(cache_cls) -> bool:
+    """Each of observe and victim is ScoreCache's own code, copied or recompiled (its source
+    pasted under another name, or exec'd from inspect.getsource)."""
+    for name in _POLICY_METHODS:
+        mine = inspect.getattr_static(cache_cls, name, None)
+        if not isinstance(mine, types.FunctionType) or \
+                _code_of(mine.__code__) != _code_of(getattr(ScoreCache, name).__code__):
+            return False
+    return True
+
+
 def _not_the_package_policy(cache_cls) -> str | None:
-    if isinstance(cache_cls, type) and issubclass(cache_cls, ScoreCache):
+    if not isinstance(cache_cls, type):
+        return None
+    if issubclass(cache_cls, ScoreCache):
         return "write the policy yourself: do not subclass ScoreCache"
+    if _copies_the_package_policy(cache_cls):
+        return ("that is the course's own ScoreCache (its observe and victim are the code of "
+                f"{ScoreCache.__module__}.ScoreCache): write the policy yourself")
     return None
 
 
@@ -336,9 +398,10 @@ mark_answers(ScoreCache.observe, ScoreCache.victim)
 
 def _make_policy(mistake=None):
     """A score cache with one of the known mistakes (task 2's hints and planted answers)."""
-    no_decay, undecayed_top, raise_all, fixed_alpha, evict_highest, tie_highest, ignores_pinned = (
-        mistake == m for m in ("no_decay", "undecayed_top", "raise_all", "fixed_alpha", "evict_highest",
-                               "tie_highest", "ignores_pinned"))
+    no_decay, undecayed_top, raise_all, fixed_alpha, evict_highest, tie_highest, ignores_pinned, \
+        decay_cached_only, reset_on_evict = (
+            mistake == m for m in ("no_decay", "undecayed_top", "raise_all", "fixed_alpha", "evict_highest",
+                                   "tie_highest", "ignores_pinned", "decay_cached_only", "reset_on_evict"))
 
     class Policy(ExpertCache):
         def __init__(self, layers, experts, capacity, alpha=0.5, top_p=None):
@@ -354,7 +417,7 @@ def _make_policy(mistake=None):
             for e in range(self.experts):
                 if e in top:
                     row[e] = self.alpha * p[e] + (1.0 if undecayed_top else 1 - self.alpha) * row[e]
-                elif not no_decay:
+                elif not no_decay and not (decay_cached_only and e not in self.cached[layer]):
                     row[e] = (1 - self.alpha) * row[e]
 
         def victim(self, layer, pinned):
@@ -365,6 +428,10 @@ def _make_policy(mistake=None):
             if evict_highest:
                 return max(options, key=lambda e: (row[e], -e))
             return min(options, key=lambda e: (row[e], -e if tie_highest else e))
+
+        def _forget(self, layer, expert):
+            if reset_on_evict:
+                self.scores[layer][expert] = 0.0
 
     Policy.__name__ = Policy.__qualname__ = f"ScoreCache_{mistake}"
     return Policy
@@ -385,6 +452,10 @@ _POLICY_MISTAKES = {
     "evict_highest": "Evict the LOWEST score, not the highest",
     "tie_highest": "On a tie evict the lowest expert id",
     "ignores_pinned": "A pinned expert (routed this step) was evicted: never evict one in pinned",
+    "decay_cached_only": "Experts that are not cached decay too: every expert outside the top_p gets "
+                         "S = (1 - alpha) * S, cached or not",
+    "reset_on_evict": "An evicted expert keeps its score: it goes on decaying while out of the cache "
+                      "(do not reset it to 0)",
 }
 _WRONG_POLICIES = {mistake: _make_policy(mistake) for mistake in _POLICY_MISTAKES}
 
@@ -432,6 +503,18 @@ def _combine_with(y_sorted, slot_of, w):
     return (y_sorted[slot_of.long()] * w.unsqueeze(-1)).sum(1)
 
 
+def _combine_renormalized(y_sorted, slot_of, w):
+    """The combine with each token's kept weights rescaled to sum to 1."""
+    kept = torch.where(slot_of >= 0, w, torch.zeros_like(w))
+    total = kept.sum(1, keepdim=True)
+    return spec.combine(y_sorted, slot_of, torch.where(total > 0, kept / total, kept))
+
+
+def _combine_row_0_dropped(y_sorted, slot_of, w):
+    """The combine with row 0 taken for a dropped slot (a test of s > 0, not s >= 0)."""
+    return spec.combine(y_sorted, torch.where(slot_of == 0, -1, slot_of), w)
+
+
 def _only_first_block_written(case) -> bool:
     written = ~torch.isnan(case.output.cpu())
     tile = COMBINE_TILE
@@ -473,6 +556,10 @@ COMBINE = Task(
                      "slot -1 marks a dropped assignment: skip it (a -1 index reads the last row)"),
         Hint.matches(lambda y, slots, w: spec.combine(y, slots, w.flip(1)),
                      "The weights are swapped: topk_weight[t, j] goes with slot_of[t, j]"),
+        Hint.matches(_combine_renormalized, "Do not renormalize the weights: a dropped assignment's weight is "
+                                            "simply lost, out = sum of topk_weight * row over the kept ones"),
+        Hint.matches(_combine_row_0_dropped, "Row 0 is a real row: only slot -1 marks a drop, so keep s >= 0 "
+                                             "(not s > 0)"),
         Hint.matches(lambda y, slots, w: spec.combine(
                          y, torch.where(slots >= 0, torch.arange(slots.numel(), dtype=slots.dtype,
                                                                  device=slots.device).view(slots.shape), slots), w),
@@ -602,11 +689,21 @@ class _SubclassesScoreCache(ScoreCache):
     pass
 
 
+def _recompiled_score_cache():
+    """The package's ScoreCache compiled again from its source under another name: no
+    subclass, and none of the package's (marked) functions runs."""
+    source = inspect.getsource(ScoreCache).replace("class ScoreCache(", "class RecompiledCache(", 1)
+    namespace = dict(vars(inspect.getmodule(ScoreCache)))
+    exec(compile(source, "<recompiled>", "exec"), namespace)
+    return namespace["RecompiledCache"]
+
+
 # -- task 3
 def _make_combine(mistake=None):
     unweighted, no_drop_check, swapped_weights, into_out, thread_index, swapped_axes, off_by_one, \
-        token_order = (mistake == m for m in ("unweighted", "no_drop_check", "swapped_weights", "into_out",
-                                              "thread_index", "swapped_axes", "off_by_one", "token_order"))
+        token_order, renormalized, positive_slot = (
+            mistake == m for m in ("unweighted", "no_drop_check", "swapped_weights", "into_out", "thread_index",
+                                   "swapped_axes", "off_by_one", "token_order", "renormalized", "positive_slot"))
 
     @kernel
     def combine(y_sorted, slot_of, topk_weight, out):
@@ -619,16 +716,20 @@ def _make_combine(mistake=None):
         if t < rows and c < out.shape[1]:
             k = slot_of.shape[1]
             acc = float32(0.0)
+            kept_weight = float32(0.0)
             for j in range(k):
                 s = slot_of[t, j]
                 if token_order:
                     s = t * k + j if s >= 0 else s  # reads rows as if nothing were permuted
-                if s >= 0 or no_drop_check:
+                if (s > 0 if positive_slot else s >= 0) or no_drop_check:
                     weight = float32(1.0) if unweighted else topk_weight[t, k - 1 - j if swapped_weights else j]
+                    kept_weight += weight
                     if into_out:
                         out[t, c] += weight * y_sorted[s, c]   # out was never zeroed
                     else:
                         acc += weight * y_sorted[s, c]
+            if renormalized and kept_weight > float32(0.0):
+                acc /= kept_weight                  # the dropped weight handed to the kept rows
             if not into_out:
                 out[t, c] = acc
 
@@ -655,6 +756,7 @@ PERMUTATION.planted = [
     Planted("an inclusive scan", _make_permute("inclusive"), "inclusive", simulator_only=True),
     Planted("the scan leaves out the last expert", _make_permute("short_scan"), "offsets[E], the total"),
     Planted("one hard-coded block of 32", _make_permute(fixed_blocks=1), "enough threads"),
+    Planted("a grid hard-coded to 4 blocks of 32", _make_permute(fixed_blocks=4), "enough threads"),
     Planted("the token stored instead of the assignment", _make_permute("token_ids"), "duplicated"),
     Planted("the scan finished on the host", _make_permute(scan_on_host=True), "on the host"),
     Planted("calls the reference", _permute_by_reference, "reference"),
@@ -666,12 +768,15 @@ SCORE_CACHE.planted = [Planted(f"score cache: {m}", cls, _POLICY_MISTAKES[m].spl
     Planted("LRU instead of scores", _LRUWithScoreArguments, "That is LRU"),
     Planted("wraps the package's ScoreCache", _DelegatesToScoreCache, "reference"),
     Planted("subclasses ScoreCache", _SubclassesScoreCache, "do not subclass ScoreCache"),
+    Planted("ScoreCache's source recompiled", _recompiled_score_cache(), "the course's own ScoreCache"),
     Planted("not a class", lambda *args: None, "pass your class"),
 ]
 COMBINE.planted = [
     Planted("weights ignored", _make_combine("unweighted"), "unweighted sum"),
     Planted("dropped slots (-1) not skipped", _make_combine("no_drop_check"), "slot -1", simulator_only=True),
     Planted("weights of the other choice", _make_combine("swapped_weights"), "weights are swapped"),
+    Planted("kept weights renormalized", _make_combine("renormalized"), "renormalize"),
+    Planted("s > 0 taken for a kept slot", _make_combine("positive_slot"), "s >= 0"),
     Planted("+= into out, never zeroed", _make_combine("into_out"), "out starts as NaN"),
     Planted("thread index instead of grid index", _make_combine("thread_index"), "cuda.grid(2)"),
     Planted("t and c swapped", _make_combine("swapped_axes"), "swapped"),
