@@ -307,10 +307,10 @@ def _passes_the_verifier(submission: _RmsnormSubmission):
 class _VerifiedRmsnormTask(Task):
     """Task 1 takes source text: the verifier runs it first, then the engine's cases."""
 
-    def run(self, candidate, hidden: bool = False, verifier: Verifier | None = None):
+    def run(self, candidate, hidden: bool = False, verifier: Verifier | None = None, recorder: bool = True):
         submission = candidate if isinstance(candidate, _RmsnormSubmission) \
             else _RmsnormSubmission(candidate, verifier)
-        super().run(submission, hidden=hidden)
+        super().run(submission, hidden=hidden, recorder=recorder)
         return submission.verdict
 
 
@@ -428,10 +428,10 @@ class _CheckOfYourOwn:
 
 
 class _CheckOfYourOwnTask(Task):
-    def run(self, candidate, hidden: bool = False):
+    def run(self, candidate, hidden: bool = False, recorder: bool = True):
         if callable(candidate) and not isinstance(candidate, _CheckOfYourOwn):
             candidate = _CheckOfYourOwn(candidate)
-        super().run(candidate, hidden=hidden)
+        super().run(candidate, hidden=hidden, recorder=recorder)
 
 
 CATCH_THE_CHEAT = _CheckOfYourOwnTask(
@@ -513,10 +513,10 @@ def _is_an_own_loophole_check(candidate: _LoopholeCheckUnderTest):
 
 
 class _LoopholeCheckTask(Task):
-    def run(self, candidate, hidden: bool = False, verifier: Verifier | None = None):
+    def run(self, candidate, hidden: bool = False, verifier: Verifier | None = None, recorder: bool = True):
         wrapped = candidate if isinstance(candidate, _LoopholeCheckUnderTest) \
             else _LoopholeCheckUnderTest(candidate, verifier, hidden)
-        super().run(wrapped, hidden=hidden)
+        super().run(wrapped, hidden=hidden, recorder=recorder)
         return wrapped.last_flagged
 
 
@@ -656,6 +656,44 @@ def solve(x, weight, out):
     rmsnorm_tree[x.shape[0], 16](x, weight, out)
 """
 
+# a grid too small for the engine's rows, and top-level code that tells the grader's own
+# engine every answer is right (it runs when the grader loads the source)
+_RMSNORM_PATCHES_THE_CHECKER = _rmsnorm_variant((_LAUNCH, "rmsnorm_rows[4, 32](x, weight, out)")) + """
+
+import gpulab.course.checks.engine as engine
+engine.compare = lambda *args, **kwargs: (None, 0.0, 0.0)
+"""
+
+# the kernel does the sums of squares (and copies x into out), the host finishes through raw
+# pointers, where no torch call shows what it computes
+_RMSNORM_RAW_POINTERS = _HEADER + """
+import ctypes
+
+
+@gpulab.kernel
+def row_squares(x, sums, out):
+    r = cuda.grid(1)
+    if r < x.shape[0]:
+        total = numba.float32(0.0)
+        for j in range(x.shape[1]):
+            total += x[r, j] * x[r, j]
+            out[r, j] = x[r, j]
+        sums[r] = total
+
+
+def solve(x, weight, out):
+    rows, cols = x.shape
+    sums = torch.empty(rows, dtype=x.dtype, device=x.device)
+    row_squares[math.ceil(rows / 32), 32](x, sums, out)
+    o = (ctypes.c_float * (rows * out.stride(0))).from_address(out.data_ptr())
+    w = (ctypes.c_float * cols).from_address(weight.data_ptr())
+    s = (ctypes.c_float * rows).from_address(sums.data_ptr())
+    for r in range(rows):
+        inv = 1.0 / math.sqrt(s[r] / cols + 1e-6)
+        for j in range(cols):
+            o[r * out.stride(0) + j] *= inv * w[j]
+"""
+
 RMSNORM_VERIFIED.planted = [
     Planted("eps outside the square root",
             _rmsnorm_variant((_INV, "inv = numba.float32(1.0) / (math.sqrt(total / numba.float32(n)) + EPS)")),
@@ -686,6 +724,12 @@ RMSNORM_VERIFIED.planted = [
     # simulator only: on a GPU the verifier's "wrong values" is all there is to say
     Planted("the tree sum's barrier inside `if t < step`", _RMSNORM_BARRIER_IN_BRANCH,
             expect="barrier inside a branch", simulator_only=True),
+    Planted("a fixed grid, and top-level code that patches the engine's compare", _RMSNORM_PATCHES_THE_CHECKER,
+            expect="changed the checker"),
+    # simulator only: on a GPU data_ptr() is device memory, and ctypes reading it crashes the
+    # verifier's child before the engine sees anything
+    Planted("the host finishes through data_ptr() and ctypes", _RMSNORM_RAW_POINTERS, expect="raw memory",
+            simulator_only=True),
     Planted("torch only, no kernel", "import torch\n\n\ndef solve(x, weight, out):\n    out.copy_(x)\n",
             expect="gpulab.kernel"),
 ]
