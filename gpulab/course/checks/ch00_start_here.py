@@ -13,7 +13,9 @@ Each task declares its planted wrong answers at the end of this module; the engi
 """
 from __future__ import annotations
 
+import ctypes
 import math
+import sys
 
 import torch
 from numba import cuda, float32
@@ -22,6 +24,7 @@ from ... import runtime
 from ...basics import kernels as basics_kernels
 from ...harness import compare, reference
 from ...launch import kernel
+from . import engine
 from .engine import FUNCTION, KERNEL, Hint, Planted, Sizes, Task
 
 __all__ = ["TASK_BLOCK", "check_brighten", "check_block_sums", "check_vector_sum",
@@ -175,7 +178,10 @@ def _first_elements_sum(count):
 VECTOR_SUM = Task(
     chapter="00", number=3, title="sum of a vector whose size is not a multiple of the block",
     kind=FUNCTION, reference=vector_sum_reference, make_inputs=lambda n, gen: _random_vector(n, gen),
-    # 401 before 129: a first failure there tells "one pass" from "last block dropped"
+    # 401 before 129: a first failure there tells "one pass" from "last block dropped".
+    # Not caught under the simulator: a hard-coded two passes, right up to TB * TB elements;
+    # only the GPU's TB * TB + 1 (three passes) shows it, 16385 elements being too slow to
+    # simulate within the tests' budget.
     sizes=Sizes(sim=[1, 5, TB - 1, TB, 3 * TB + 17, TB + 1], hidden=[2 * TB, 700],
                 gpu=[1 << 20, (1 << 22) + 3, TB * TB + 1]),  # the last needs three passes
     rtol=1e-4, atol=1e-4, kernel_only=True, needs_launch=lambda n: n > 1,
@@ -333,6 +339,53 @@ def _sum_by_package_kernel(x):
     return partial
 
 
+# -- cheats on the checker itself (a simulated kernel and host code are plain Python)
+def _expected_in_the_checker_frames():
+    """The checker's expected output, if some frame of some thread holds it."""
+    for frame in sys._current_frames().values():
+        while frame is not None:
+            found = frame.f_locals.get("expected")
+            if isinstance(found, tuple) and found and isinstance(found[0], torch.Tensor):
+                return found[0]
+            frame = frame.f_back
+    return None
+
+
+@kernel
+def _brighten_copies_the_expected(img, out, gain, bias):
+    c, r = cuda.grid(2)
+    expected = _expected_in_the_checker_frames()   # only the simulator runs this Python
+    if expected is not None and r < out.shape[0] and c < out.shape[1]:
+        out[r, c] = float(expected[r, c])
+
+
+@kernel
+def _copy_first(src, dst):
+    if cuda.grid(1) == 0:
+        dst[0] = src[0]
+
+
+def _sum_copies_the_expected(x):
+    out = torch.zeros(1, dtype=torch.float32, device=x.device)
+    expected = _expected_in_the_checker_frames()
+    if expected is not None:
+        _copy_first[1, 1](expected, out)  # "computed" by a kernel: a copy of the answer
+    return out
+
+
+def _sum_patches_the_comparison(x):
+    engine.compare = lambda *args, **kwargs: (None, 0.0, 0.0)  # every answer "matches"
+    return _sum_one_pass(x)
+
+
+def _sum_finished_through_raw_memory(x):
+    partial = torch.empty(math.ceil(x.numel() / TB), dtype=torch.float32, device=x.device)
+    _sums_right[partial.numel(), TB](x, partial)
+    values = (ctypes.c_float * partial.numel()).from_address(partial.data_ptr())
+    values[0] = sum(values)   # the host adds the partial sums through the raw pointer
+    return partial[:1]
+
+
 BRIGHTEN.planted = [
     Planted("rows and columns swapped", _brighten_swapped, "swapped"),
     Planted("bounds check one column too far", _brighten_off_by_one, "out of bounds"),
@@ -341,6 +394,9 @@ BRIGHTEN.planted = [
     Planted("bias argument ignored", _brighten_no_bias, "bias"),
     Planted("gain argument ignored", _brighten_no_gain, "gain"),
     Planted("thread index instead of grid index", _brighten_thread_index, "cuda.grid(2)"),
+    # the kernel finds no expected output to copy: the engine computes it after the run
+    Planted("copies the expected output from the checker's frames", _brighten_copies_the_expected,
+            "never written", simulator_only=True),   # sys._current_frames() is no device code
 ]
 BLOCK_SUMS.planted = [
     Planted("reads past the end of x", _make_block_sums("no_guard"), "past the end", simulator_only=True),
@@ -359,4 +415,9 @@ VECTOR_SUM.planted = [
     Planted("finished on the host in Python", _sum_finished_by_python, "on the host"),
     Planted("calls the reference", _sum_by_reference, "reference"),
     Planted("the package's own kernel", _sum_by_package_kernel, "course package's own"),
+    Planted("copies the expected output from the checker's frames", _sum_copies_the_expected, "elements wrong"),
+    Planted("patches the checker's comparison", _sum_patches_the_comparison, "changed the checker"),
+    # simulator only: if the refusal failed, ctypes would read a device pointer on the host
+    Planted("finished on the host through the raw pointer", _sum_finished_through_raw_memory, "raw memory",
+            simulator_only=True),
 ]

@@ -41,7 +41,15 @@ What every task gets from the engine, without writing it again:
   threads and the element;
 * the numeric comparison of :func:`gpulab.harness.compare`, then the task's hints: each
   :class:`Hint` that applies to the failed :class:`Case` adds a sentence naming the
-  likely mistake.
+  likely mistake;
+* a checker the candidate cannot read or patch while it runs (a simulated kernel is
+  Python, so it could): the expected output is computed only after the candidate ran,
+  from a copy of the inputs taken before, so no frame holds it meanwhile; the engine's
+  functions look names up in a private copy of this module's namespace (``engine.compare
+  = ...`` reaches nothing the engine calls); and after every candidate run the functions
+  and classes of the engine, :mod:`gpulab.harness`, :mod:`gpulab.course.feedback` and
+  :mod:`gpulab.simtrace` are compared with their state at import: a change is put back
+  and fails the task ("changed the checker (gpulab.harness.compare)").
 
 A task also declares at least five :class:`Planted` wrong answers, each with a phrase its
 feedback must contain; each chapter's ``tests/chNN_slug/test_chNN_planted.py`` runs them (through
@@ -55,13 +63,17 @@ import contextlib
 import importlib
 import math
 import secrets
+import sys
+import types
 from dataclasses import dataclass, field
 from typing import Any, Callable, Sequence
 
 import torch
 
-from ... import runtime, simtrace
+from ... import runtime
 from ...harness import ForbiddenCallError, ReferenceCalledError, candidate_running, compare, forbid_calls
+from ...runtime import synchronize
+from ...simtrace import record as record_races
 from ..feedback import TaskFailed, is_kernel, require, require_own_kernel, task
 
 __all__ = ["Task", "Sizes", "Hint", "Planted", "Case", "all_tasks", "tasks_of", "KERNEL", "FUNCTION"]
@@ -232,14 +244,19 @@ class Task:
 
     # -------------------------------------------------------------- running
 
-    def run(self, candidate, hidden: bool = False) -> None:
+    def run(self, candidate, hidden: bool = False, recorder: bool = True) -> None:
+        """Check ``candidate`` at every size; ``recorder=False`` leaves the simulator's race
+        recorder off, as on a GPU (the planted-answer tests check what a GPU would say)."""
         with task(self.label):
+            _require_checker_intact(_checker_changes(), "the checker was changed before it ran")
+            declared = _declaration_of(self)
             self._check_candidate(candidate)
             call = self.adapt(candidate) if self.adapt is not None else candidate
+            self._require_unchanged(declared, "")  # a source's top-level code has run by now
             gen = torch.Generator().manual_seed(secrets.randbits(63))
             for size in self.sizes.for_run(hidden):
                 for trial in range(self.trials):
-                    self._run_case(call, size, gen)
+                    self._run_case(call, size, gen, declared, recorder)
 
     def _check_candidate(self, candidate) -> None:
         if self.kind == KERNEL:
@@ -252,34 +269,49 @@ class Task:
             problem = requirement(candidate)
             require(problem is None, problem or "")
 
-    def _run_case(self, candidate, size, gen) -> None:
+    def _run_case(self, candidate, size, gen, declared, recorder) -> None:
         raw = _as_tuple(self.make_inputs(size, gen))
         inputs, buffers = zip(*(_padded(x, self.pad_inputs) for x in raw)) if raw else ((), ())
-        saved = [b.clone() if isinstance(b, torch.Tensor) else b for b in buffers]
-        expected = _as_tuple(self.reference(*[x.clone() if isinstance(x, torch.Tensor) else x
-                                               for x in inputs]))
-        case = Case(self, size, inputs, (), expected)
+        saved = [_copy(b) for b in buffers]
+        # The reference runs on its own copy only after the candidate ran: while the candidate
+        # runs, no frame holds the expected output (a simulated kernel is Python: it could
+        # walk the frames and copy it).
+        pristine = [_copy(x) for x in inputs]
+        case = Case(self, size, inputs, (), ())
         where = f"size {_size_text(size)}"
         frames = []
-        try:
-            with self._guards() as watch:
+        if self.kind == KERNEL:
+            framed = [_framed_like(spec, self.output_fill) for spec in self._output_specs(pristine)]
+            frames = [f for f, _ in framed]
+            case.outputs = tuple(o for _, o in framed)
+        watch, stopped = _Watch(), None
+        with contextlib.ExitStack() as guards:
+            rec = self._enter_guards(guards, watch, recorder)
+            try:
                 if self.kind == KERNEL:
-                    framed = [_framed_like(e, self.output_fill) for e in expected]
-                    frames = [f for f, _ in framed]
-                    case.outputs = tuple(o for _, o in framed)
                     self.launch(candidate, inputs, case.outputs, size)
                 else:
                     case.outputs = _as_tuple(candidate(*inputs))
-                runtime.synchronize()
-        except (TaskFailed, ForbiddenCallError, ReferenceCalledError, NotImplementedError):
-            raise  # a cheat or an unfinished stub: the task context says so plainly
-        except IndexError as exc:
-            case.error = exc
-            self._fail(case, f"{where}: an index went out of bounds ({exc})")
-        except Exception as exc:
-            case.error = exc
-            self._fail(case, f"{where}: your code raised {type(exc).__name__}: {exc}")
-        case.findings = watch.findings
+                synchronize()
+            except (TaskFailed, ForbiddenCallError, ReferenceCalledError, NotImplementedError) as exc:
+                stopped = exc  # a cheat or an unfinished stub: the task context says so plainly
+            except Exception as exc:
+                case.error = exc
+            findings = rec.findings() if rec is not None else []
+        self._require_unchanged(declared, f"{where}: ")
+        if stopped is not None:
+            raise stopped
+        case.expected = expected = _as_tuple(self.reference(*pristine))
+        if isinstance(case.error, IndexError):
+            self._fail(case, f"{where}: an index went out of bounds ({case.error})")
+        if case.error is not None:
+            self._fail(case, f"{where}: your code raised {type(case.error).__name__}: {case.error}")
+        for out in case.outputs:
+            # a subclass's __torch_function__ would see the reference it is compared with
+            require(not isinstance(out, torch.Tensor) or type(out) is torch.Tensor,
+                    f"{where}: {self.candidate_name} returned a {type(out).__name__}, a tensor subclass: "
+                    "return a plain torch.Tensor")
+        case.findings = findings
         if case.findings:
             self._fail(case, f"{where}: {case.findings[0]}")
         if self.kind == FUNCTION and self.kernel_only and self.needs_launch(size):
@@ -312,6 +344,26 @@ class Task:
             if problem:
                 self._fail(case, f"{where}: output {k}: {problem}" if len(expected) > 1 else f"{where}: {problem}")
 
+    def _output_specs(self, inputs) -> tuple:
+        """The reference's outputs as meta tensors (shape and dtype, no values): what the
+        engine allocates for a kernel before it runs. Found on the meta device where the
+        reference allows it; one that needs values (``.item()``, NumPy) runs on a copy of
+        the inputs and only the shapes are kept."""
+        on_meta = [x.to("meta") if isinstance(x, torch.Tensor) else x for x in inputs]
+        try:
+            specs = _as_tuple(self.reference(*on_meta))
+            if all(isinstance(e, torch.Tensor) and e.is_meta for e in specs):
+                return specs
+        except Exception:  # noqa: BLE001 (any failure on meta: fall back to real values)
+            pass
+        return tuple(e.to("meta") for e in _as_tuple(self.reference(*[_copy(x) for x in inputs])))
+
+    def _require_unchanged(self, declared: dict, where: str) -> None:
+        """Fail when the candidate changed the checker's code or this task's declaration
+        (both are put back first, so the next check runs on the originals)."""
+        changed = _checker_changes() + _declaration_changes(self, declared)
+        _require_checker_intact(changed, f"{where}{self.candidate_name} changed the checker")
+
     def _fail(self, case: Case, message: str) -> None:
         case.problem = message
         said = []
@@ -324,23 +376,18 @@ class Task:
                 said.append(hint.say)
         raise TaskFailed("❌ " + message + "".join(f". {s}" for s in said))
 
-    @contextlib.contextmanager
-    def _guards(self):
-        watch = _Watch()
-        with contextlib.ExitStack() as stack:
-            stack.enter_context(candidate_running(self.candidate_name))
-            if self.forbidden:
-                stack.enter_context(forbid_calls(list(self.forbidden), self.forbidden_why))
-            if self.kind == FUNCTION:
-                stack.enter_context(_watch_launches(watch, self.own_kernels))
-                if self.kernel_only:
-                    stack.enter_context(_KernelOnlyMode(watch, self.candidate_name))
-            rec = stack.enter_context(simtrace.record()) if self.no_races else None
-            try:
-                yield watch
-            finally:
-                if rec is not None:
-                    watch.findings = rec.findings()
+    def _enter_guards(self, guards: contextlib.ExitStack, watch: "_Watch", recorder: bool):
+        """Enter the watches on the candidate's run into ``guards``; returns the race
+        recording, or None."""
+        guards.enter_context(candidate_running(self.candidate_name))
+        if self.forbidden:
+            guards.enter_context(forbid_calls(list(self.forbidden), self.forbidden_why))
+        if self.kind == FUNCTION:
+            guards.enter_context(_LaunchWatch(watch, self.own_kernels))
+            if self.kernel_only:
+                guards.enter_context(forbid_calls(_raw_routes(), _RAW_ROUTES_WHY))
+                guards.enter_context(_KernelOnlyMode(watch, self.candidate_name))
+        return guards.enter_context(record_races()) if self.no_races and recorder else None
 
 
 # ------------------------------------------------------------------ the registry
@@ -418,6 +465,10 @@ def _same(a, b, rtol, atol) -> bool:
             and compare(a.cpu(), b.cpu(), rtol, atol)[0] is None)
 
 
+def _copy(x):
+    return x.clone() if isinstance(x, torch.Tensor) else x
+
+
 def _storage(t: torch.Tensor) -> int:
     return t.untyped_storage().data_ptr()
 
@@ -434,33 +485,44 @@ class _Watch:
         self.paused = 0
 
 
-@contextlib.contextmanager
-def _watch_launches(watch: _Watch, own_kernels):
-    """Count the candidate's gpulab launches and note which tensors they received."""
-    from ...launch import Kernel
+class _LaunchWatch:
+    """Inside the block, count the candidate's gpulab launches and note which tensors they
+    received (``Kernel.launch`` is wrapped, and restored on exit)."""
 
-    original = Kernel.launch
+    def __init__(self, watch: _Watch, own_kernels):
+        self.watch, self.own_kernels = watch, own_kernels
 
-    def watched(kernel, grid, block, shared, args, stream=None):
-        watch.paused += 1  # the launcher's own torch calls are not the candidate's
-        try:
-            for module in own_kernels:
-                require_own_kernel(kernel, module)
-            watch.launches += 1
-            watch.kernel_data.update(_storage(a) for a in args if isinstance(a, torch.Tensor))
-            return original(kernel, grid, block, shared, args, stream)
-        finally:
-            watch.paused -= 1
+    def __enter__(self):
+        from ...launch import Kernel
 
-    Kernel.launch = watched
-    try:
-        yield
-    finally:
-        Kernel.launch = original
+        watch, own_kernels = self.watch, self.own_kernels
+        self.original = original = Kernel.launch
+
+        def watched(kernel, grid, block, shared, args, stream=None):
+            watch.paused += 1  # the launcher's own torch calls (data_ptr, ...) are not the candidate's
+            try:
+                for module in own_kernels:
+                    require_own_kernel(kernel, module)
+                watch.launches += 1
+                watch.kernel_data.update(_storage(a) for a in args if isinstance(a, torch.Tensor))
+                return original(kernel, grid, block, shared, args, stream)
+            finally:
+                watch.paused -= 1
+
+        Kernel.launch = watched
+        return self
+
+    def __exit__(self, *exc):
+        from ...launch import Kernel
+
+        Kernel.launch = self.original
+        return False
 
 
-# allocation, views, copies and metadata: what host code needs to set up kernels
-_ALLOWED = {
+# Allocation, views, copies and metadata: what host code needs to set up kernels. No raw
+# addresses (data_ptr, untyped_storage): with ctypes they read and write a tensor's memory
+# past this watch (the launcher's own calls to them run paused, see _LaunchWatch).
+_ALLOWED = frozenset({
     "torch.empty", "torch.zeros", "torch.ones", "torch.full", "torch.empty_like", "torch.zeros_like",
     "torch.full_like", "torch.ones_like", "torch.empty_strided", "torch.Tensor.new_empty",
     "torch.Tensor.new_zeros", "torch.Tensor.new_full", "torch.Tensor.new_ones", "torch.Tensor.zero_",
@@ -471,17 +533,35 @@ _ALLOWED = {
     "torch.Tensor.to", "torch.Tensor.float", "torch.Tensor.t", "torch.Tensor.transpose",
     "torch.Tensor.permute", "torch.Tensor.view_as", "torch.Tensor.reshape_as", "torch.reshape",
     "torch.Tensor.numel", "torch.Tensor.size", "torch.Tensor.dim", "torch.Tensor.stride",
-    "torch.Tensor.element_size", "torch.Tensor.data_ptr", "torch.Tensor.is_contiguous",
-    "torch.Tensor.storage_offset", "torch.Tensor.untyped_storage", "torch.Tensor.__len__",
-    "torch.Tensor.__repr__", "torch.Tensor.__format__", "torch.Tensor.__str__",
-}
-_ALLOWED_PROPERTIES = {"shape", "device", "dtype", "ndim", "is_cuda", "requires_grad", "layout", "T",
-                       "data", "grad_fn", "is_leaf", "names"}
+    "torch.Tensor.element_size", "torch.Tensor.is_contiguous", "torch.Tensor.storage_offset",
+    "torch.Tensor.__len__", "torch.Tensor.__repr__", "torch.Tensor.__format__", "torch.Tensor.__str__",
+})
+#: what hands out a tensor's memory itself, refused with its own message
+_RAW_MEMORY = frozenset({
+    "torch.Tensor.data_ptr", "torch.Tensor.untyped_storage", "torch.Tensor.storage",
+    "torch.Tensor._typed_storage", "torch.Tensor.__array__", "torch.Tensor.numpy",
+    "torch.Tensor.__dlpack__", "torch.Tensor.__cuda_array_interface__.__get__"})
+_ALLOWED_PROPERTIES = frozenset({"shape", "device", "dtype", "ndim", "is_cuda", "requires_grad", "layout",
+                                 "T", "data", "grad_fn", "is_leaf", "names"})
 #: results of these hold the same data as their input: a copy of kernel output is kernel output
-_DERIVED = {"torch.Tensor.view", "torch.Tensor.reshape", "torch.Tensor.__getitem__", "torch.Tensor.clone",
-            "torch.Tensor.contiguous", "torch.Tensor.detach", "torch.Tensor.to", "torch.Tensor.float",
-            "torch.Tensor.flatten", "torch.Tensor.squeeze", "torch.Tensor.unsqueeze", "torch.Tensor.narrow",
-            "torch.reshape", "torch.Tensor.view_as", "torch.Tensor.reshape_as"}
+_DERIVED = frozenset({
+    "torch.Tensor.view", "torch.Tensor.reshape", "torch.Tensor.__getitem__", "torch.Tensor.clone",
+    "torch.Tensor.contiguous", "torch.Tensor.detach", "torch.Tensor.to", "torch.Tensor.float",
+    "torch.Tensor.flatten", "torch.Tensor.squeeze", "torch.Tensor.unsqueeze", "torch.Tensor.narrow",
+    "torch.reshape", "torch.Tensor.view_as", "torch.Tensor.reshape_as"})
+
+
+def _raw_routes() -> list:
+    """Routes around the allow-list that the TorchFunctionMode does not see: DLPack export
+    (a raw pointer to the memory) and switching torch-function handling off altogether.
+    Refused like forbidden calls while a kernel_only candidate runs."""
+    routes = [(torch.utils.dlpack, "to_dlpack"), (torch, "to_dlpack"), (torch._C, "_to_dlpack"),
+              (torch._C, "DisableTorchFunction")]
+    return [(obj, name) for obj, name in routes if hasattr(obj, name)]
+
+
+_RAW_ROUTES_WHY = ("host code may only allocate, view, copy and launch: no raw memory access, and the "
+                   "watch on it stays on")
 
 
 class _KernelOnlyMode(torch.overrides.TorchFunctionMode):
@@ -494,6 +574,11 @@ class _KernelOnlyMode(torch.overrides.TorchFunctionMode):
     def __torch_function__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
         name = torch.overrides.resolve_name(func) or getattr(func, "__qualname__", repr(func))
+        if not self.watch.paused and name in _RAW_MEMORY:
+            raise ForbiddenCallError(
+                f"{self.who} reached a tensor's raw memory with {name.removesuffix('.__get__')} on the "
+                "host (ctypes, NumPy or DLPack would then compute past this watch): only allocate, view "
+                "or copy tensors there and let your kernels do the work")
         if not self.watch.paused and not _allowed(name):
             raise ForbiddenCallError(
                 f"{self.who} computed with {name.removesuffix('.__get__')} on the host: only allocate, "
@@ -517,3 +602,219 @@ def _allowed(name: str) -> bool:
 def ceil_div(n: int, d: int) -> int:
     """Blocks of ``d`` needed for ``n`` items (at least one)."""
     return max(1, math.ceil(n / d))
+
+
+
+# ------------------------------------------------------------------ the checker's own code
+# A candidate runs in the checker's process, and under the simulator even its kernels are
+# Python: it could rebind what judges it (``engine.compare = lambda *a, **k: (None, 0, 0)``).
+# Two defences. The engine's functions look names up in a private copy of this module's
+# namespace (see _seal at the end), so rebinding a module attribute reaches nothing they
+# call. And after every candidate run, the functions and classes of this module and of the
+# modules below are compared with what they were at import: a change is put back (so the
+# next check runs on the originals) and fails the task.
+
+#: the modules whose code judges an answer, besides this one
+_CHECKER_MODULES = ("gpulab.harness", "gpulab.course.feedback", "gpulab.simtrace")
+#: names of this module left out: the registry (refilled on a reload), and the private
+#: namespace, checked entry by entry as the engine sees it
+_NOT_CHECKED = frozenset({"_TASKS", "_PRIVATE"})
+_GONE = object()  # a name that was deleted, or an empty closure cell
+_BUILTIN_NAMES = frozenset(dir(__import__("builtins")))
+#: besides callables, what a checked name may hold that matters (a module: ``harness.torch``)
+_CHECKED_KINDS = (dict, set, property, staticmethod, classmethod, types.ModuleType)
+
+
+def _functions_in(value, depth: int = 0) -> list:
+    """``value``'s Python functions (a method's, a property's), and those in their closure
+    cells (what a contextmanager wraps)."""
+    if isinstance(value, (staticmethod, classmethod)):
+        return _functions_in(value.__func__, depth)
+    if isinstance(value, property):
+        return [f for g in (value.fget, value.fset, value.fdel) for f in _functions_in(g, depth)]
+    if not isinstance(value, types.FunctionType):
+        return []
+    found = [value]
+    for content in _cell_contents(value):
+        if depth < 2:
+            found += _functions_in(content, depth + 1)
+    return found
+
+
+def _cell_contents(f: types.FunctionType) -> list:
+    contents = []
+    for cell in f.__closure__ or ():
+        try:
+            contents.append(cell.cell_contents)
+        except ValueError:
+            contents.append(_GONE)
+    return contents
+
+
+def _state(value) -> list:
+    """What can be assigned in place on ``value``'s functions (``f.__code__ = g.__code__``):
+    each one's code, defaults and cell contents, as a flat list compared by identity."""
+    state = []
+    for f in _functions_in(value):
+        state += [f, f.__code__, f.__defaults__, *sorted((f.__kwdefaults__ or {}).items()), *_cell_contents(f)]
+    return state
+
+
+def _put_back_state(value, state: list) -> None:
+    i = 0
+    for f in _functions_in(value):
+        f.__code__, f.__defaults__ = state[i + 1], state[i + 2]
+        n_kw = len(f.__kwdefaults__ or {})
+        i += 3
+        f.__kwdefaults__ = dict(state[i:i + n_kw]) or None
+        i += n_kw
+        for cell, content in zip(f.__closure__ or (), state[i:]):
+            if content is not _GONE:
+                cell.cell_contents = content
+        i += len(f.__closure__ or ())
+
+
+def _identical(a: list, b: list) -> bool:
+    return len(a) == len(b) and all(x is y or (type(x) is tuple and type(y) is tuple and x == y)
+                                    for x, y in zip(a, b))
+
+
+class _Record:
+    """One checked name: where it lives, its value and that value's state at import; for
+    a dict or a set also its entries (added entries are fine, changed or removed are not)."""
+
+    def __init__(self, label: str, owner, name: str):
+        self.label, self.owner, self.name = label, owner, name
+        self.value = vars(owner)[name]
+        self.state = _state(self.value)
+        self.entries = dict(self.value) if isinstance(self.value, dict) else None
+        self.members = set(self.value) if isinstance(self.value, set) else None
+
+    def changed(self) -> bool:
+        value = vars(self.owner).get(self.name, _GONE)
+        if value is not self.value or not _identical(_state(value), self.state):
+            return True
+        if self.entries is not None and any(value.get(k, _GONE) is not v for k, v in self.entries.items()):
+            return True
+        return self.members is not None and not self.members <= value
+
+    def put_back(self) -> None:
+        setattr(self.owner, self.name, self.value)
+        _put_back_state(self.value, self.state)
+        if self.entries is not None:
+            self.value.update(self.entries)
+        if self.members is not None:
+            self.value.update(self.members)
+
+
+class _Snapshot:
+    """The checker's code at import: every function, class (and each class attribute),
+    dict and set at the top level of the checked modules, plus the names each namespace
+    had (a name added later may shadow a builtin, or override a method)."""
+
+    def __init__(self, modules, private: dict):
+        self.records, self.names = [], []
+        for module in modules:
+            self._add(module.__name__, module, skip=_NOT_CHECKED if module.__name__ == __name__ else ())
+            for value in list(vars(module).values()):
+                if isinstance(value, type) and value.__module__ == module.__name__:
+                    self._add(f"{module.__name__}.{value.__qualname__}", value, watch_all_names=True)
+        self.private, self.private_saved = private, dict(private)  # the engine's own (see _seal)
+
+    def _add(self, label: str, owner, skip=(), watch_all_names: bool = False) -> None:
+        for name, value in list(vars(owner).items()):
+            if isinstance(owner, types.ModuleType) and name.startswith("__"):
+                continue  # a module's own entries (its __builtins__ changes under IPython)
+            if name not in skip and (callable(value) or isinstance(value, _CHECKED_KINDS)):
+                self.records.append(_Record(f"{label}.{name}", owner, name))
+        self.names.append((label, owner, frozenset(vars(owner)), watch_all_names))
+
+    def changes(self) -> list[str]:
+        """The names changed since import, each put back."""
+        changed = []
+        for record in self.records:
+            if record.changed():
+                changed.append(record.label)
+                record.put_back()
+        for label, owner, names, watch_all_names in self.names:
+            for name in set(vars(owner)) - names:
+                if watch_all_names or name in _BUILTIN_NAMES:
+                    changed.append(f"{label}.{name}")
+                    delattr(owner, name)
+        for name, value in self.private_saved.items():
+            if name not in _NOT_CHECKED and self.private.get(name, _GONE) is not value:
+                changed.append(f"{__name__}.{name} (as the engine sees it)")
+                self.private[name] = value
+        for name in set(self.private) - set(self.private_saved):
+            changed.append(f"{__name__}.{name} (as the engine sees it)")
+            del self.private[name]
+        return changed
+
+
+def _checker_changes() -> list[str]:
+    return _SNAPSHOT.changes()
+
+
+def _require_checker_intact(changed: list[str], who_did_it: str) -> None:
+    require(not changed, f"{who_did_it} ({', '.join(changed[:3])}{', ...' if len(changed) > 3 else ''}): "
+            "an answer must compute, not patch the code that judges it (it has been put back)")
+
+
+def _declaration_of(t: Task) -> dict:
+    """The task's fields as the run starts, lists also by content (the sizes, the hints)."""
+    return {name: (value, tuple(value) if isinstance(value, list) else None) for name, value in vars(t).items()}
+
+
+def _declaration_changes(t: Task, declared: dict) -> list[str]:
+    changed = []
+    for name, (value, items) in declared.items():
+        now = vars(t).get(name, _GONE)
+        if now is not value or (items is not None and tuple(now) != items):
+            changed.append(f"{t.label}'s {name}")
+            setattr(t, name, value)
+            if items is not None:
+                value[:] = items
+    return changed
+
+
+def _seal(namespace: dict) -> dict:
+    """Give this module's functions and methods a private copy of its namespace as their
+    globals, so ``engine.compare = ...`` (a write to the module's own namespace) changes
+    nothing they call. Returns the private namespace."""
+    private = dict(namespace)
+
+    def sealed(f: types.FunctionType) -> types.FunctionType:
+        g = types.FunctionType(f.__code__, private, f.__name__, f.__defaults__, f.__closure__)
+        g.__kwdefaults__, g.__qualname__, g.__doc__ = f.__kwdefaults__, f.__qualname__, f.__doc__
+        g.__module__, g.__annotations__ = f.__module__, f.__annotations__
+        g.__dict__.update(f.__dict__)
+        return g
+
+    def sealed_member(member):
+        if isinstance(member, types.FunctionType) and member.__globals__ is namespace:
+            return sealed(member)
+        if isinstance(member, (staticmethod, classmethod)) and getattr(member.__func__, "__globals__", None) is namespace:
+            return type(member)(sealed(member.__func__))
+        if isinstance(member, property):
+            fs = [sealed(f) if isinstance(f, types.FunctionType) and f.__globals__ is namespace else f
+                  for f in (member.fget, member.fset, member.fdel)]
+            return property(*fs, member.__doc__)
+        return member
+
+    for name, value in list(namespace.items()):
+        if isinstance(value, type) and value.__module__ == namespace["__name__"]:
+            for attr, member in list(vars(value).items()):
+                replacement = sealed_member(member)
+                if replacement is not member:
+                    setattr(value, attr, replacement)
+        else:
+            replacement = sealed_member(value)
+            if replacement is not value:
+                private[name] = namespace[name] = replacement
+    return private
+
+
+_PRIVATE = _seal(globals())
+_SNAPSHOT = _Snapshot([sys.modules[__name__], *(importlib.import_module(m) for m in _CHECKER_MODULES)], _PRIVATE)
+_PRIVATE["_SNAPSHOT"] = _SNAPSHOT      # what the sealed functions call
+_SNAPSHOT.private_saved = dict(_PRIVATE)
