@@ -16,6 +16,7 @@ Each task declares its planted wrong answers at the end of this module; the engi
 """
 from __future__ import annotations
 
+import ctypes
 import dis
 import inspect
 import math
@@ -623,7 +624,20 @@ def _make_permutation_kernels(mistake=None):
     return histogram, scan, scatter
 
 
-def _make_permute(mistake=None, fixed_blocks=None, scan_on_host=False):
+def _scan_through_raw_memory(counts, offsets):
+    """The exclusive scan on the host, through the tensors' raw memory (ctypes on data_ptr):
+    no torch call computes, so only the refusal of data_ptr itself catches it."""
+    n = counts.numel()
+    raw_counts = (ctypes.c_int32 * n).from_address(counts.data_ptr())
+    raw_offsets = (ctypes.c_int32 * (n + 1)).from_address(offsets.data_ptr())
+    running = 0
+    for e in range(n):
+        raw_offsets[e] = running
+        running += raw_counts[e]
+    raw_offsets[n] = running
+
+
+def _make_permute(mistake=None, fixed_blocks=None, scan_on_host=False, scan_through_ctypes=False):
     histogram, scan, scatter = _make_permutation_kernels(mistake)
 
     def permute(topk_idx, num_experts):
@@ -642,6 +656,8 @@ def _make_permute(mistake=None, fixed_blocks=None, scan_on_host=False):
                 offsets[e] = running
                 running += c
             offsets[num_experts] = running
+        elif scan_through_ctypes:
+            _scan_through_raw_memory(counts, offsets)
         else:
             scan[1, 1](counts, offsets)
         scatter[blocks, 32](topk_idx, offsets, cursor, sorted_assignment, slot_of)
@@ -759,6 +775,9 @@ PERMUTATION.planted = [
     Planted("a grid hard-coded to 4 blocks of 32", _make_permute(fixed_blocks=4), "enough threads"),
     Planted("the token stored instead of the assignment", _make_permute("token_ids"), "duplicated"),
     Planted("the scan finished on the host", _make_permute(scan_on_host=True), "on the host"),
+    # simulator only: on a GPU data_ptr is a device address, which ctypes must never read
+    Planted("the scan on the host through ctypes and data_ptr", _make_permute(scan_through_ctypes=True),
+            "data_ptr", simulator_only=True),
     Planted("calls the reference", _permute_by_reference, "reference"),
     Planted("the package's own permute", _permute_by_package, "reference"),
     Planted("torch's bincount, cumsum and argsort", _permute_by_argsort, "as kernels"),
