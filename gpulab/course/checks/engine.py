@@ -70,10 +70,11 @@ from typing import Any, Callable, Sequence
 
 import torch
 
-from ... import runtime
+from ... import harness, runtime, simtrace
 from ...harness import ForbiddenCallError, ReferenceCalledError, candidate_running, compare, forbid_calls
 from ...runtime import synchronize
 from ...simtrace import record as record_races
+from .. import feedback
 from ..feedback import TaskFailed, is_kernel, require, require_own_kernel, task
 
 __all__ = ["Task", "Sizes", "Hint", "Planted", "Case", "all_tasks", "tasks_of", "KERNEL", "FUNCTION"]
@@ -615,7 +616,7 @@ def ceil_div(n: int, d: int) -> int:
 # next check runs on the originals) and fails the task.
 
 #: the modules whose code judges an answer, besides this one
-_CHECKER_MODULES = ("gpulab.harness", "gpulab.course.feedback", "gpulab.simtrace")
+_CHECKER_MODULES = (harness, feedback, simtrace)
 #: names of this module left out: the registry (refilled on a reload), and the private
 #: namespace, checked entry by entry as the engine sees it
 _NOT_CHECKED = frozenset({"_TASKS", "_PRIVATE"})
@@ -653,30 +654,26 @@ def _cell_contents(f: types.FunctionType) -> list:
 
 def _state(value) -> list:
     """What can be assigned in place on ``value``'s functions (``f.__code__ = g.__code__``):
-    each one's code, defaults and cell contents, as a flat list compared by identity."""
-    state = []
-    for f in _functions_in(value):
-        state += [f, f.__code__, f.__defaults__, *sorted((f.__kwdefaults__ or {}).items()), *_cell_contents(f)]
-    return state
+    for each one, (function, code, defaults, keyword defaults, cell contents)."""
+    return [(f, f.__code__, f.__defaults__, dict(f.__kwdefaults__ or {}), _cell_contents(f))
+            for f in _functions_in(value)]
 
 
-def _put_back_state(value, state: list) -> None:
-    i = 0
-    for f in _functions_in(value):
-        f.__code__, f.__defaults__ = state[i + 1], state[i + 2]
-        n_kw = len(f.__kwdefaults__ or {})
-        i += 3
-        f.__kwdefaults__ = dict(state[i:i + n_kw]) or None
-        i += n_kw
-        for cell, content in zip(f.__closure__ or (), state[i:]):
+def _same_state(now: list, then: list) -> bool:
+    def same(a, b):
+        return (a[0] is b[0] and a[1] is b[1] and a[2] is b[2] and a[3].keys() == b[3].keys()
+                and all(a[3][k] is b[3][k] for k in a[3]) and len(a[4]) == len(b[4])
+                and all(x is y for x, y in zip(a[4], b[4])))
+
+    return len(now) == len(then) and all(same(a, b) for a, b in zip(now, then))
+
+
+def _put_back_state(state: list) -> None:
+    for f, code, defaults, kwdefaults, cells in state:
+        f.__code__, f.__defaults__, f.__kwdefaults__ = code, defaults, dict(kwdefaults) or None
+        for cell, content in zip(f.__closure__ or (), cells):
             if content is not _GONE:
                 cell.cell_contents = content
-        i += len(f.__closure__ or ())
-
-
-def _identical(a: list, b: list) -> bool:
-    return len(a) == len(b) and all(x is y or (type(x) is tuple and type(y) is tuple and x == y)
-                                    for x, y in zip(a, b))
 
 
 class _Record:
@@ -692,15 +689,16 @@ class _Record:
 
     def changed(self) -> bool:
         value = vars(self.owner).get(self.name, _GONE)
-        if value is not self.value or not _identical(_state(value), self.state):
+        if value is not self.value or not _same_state(_state(value), self.state):
             return True
-        if self.entries is not None and any(value.get(k, _GONE) is not v for k, v in self.entries.items()):
+        if self.entries is not None and any(value.get(k, _GONE) is not v
+                                            for k, v in self.entries.items()):
             return True
         return self.members is not None and not self.members <= value
 
     def put_back(self) -> None:
         setattr(self.owner, self.name, self.value)
-        _put_back_state(self.value, self.state)
+        _put_back_state(self.state)
         if self.entries is not None:
             self.value.update(self.entries)
         if self.members is not None:
@@ -756,13 +754,15 @@ def _checker_changes() -> list[str]:
 
 
 def _require_checker_intact(changed: list[str], who_did_it: str) -> None:
-    require(not changed, f"{who_did_it} ({', '.join(changed[:3])}{', ...' if len(changed) > 3 else ''}): "
-            "an answer must compute, not patch the code that judges it (it has been put back)")
+    named = ", ".join(changed[:3]) + (", ..." if len(changed) > 3 else "")
+    require(not changed, f"{who_did_it} ({named}): an answer must compute, not patch the code "
+            "that judges it (it has been put back)")
 
 
 def _declaration_of(t: Task) -> dict:
     """The task's fields as the run starts, lists also by content (the sizes, the hints)."""
-    return {name: (value, tuple(value) if isinstance(value, list) else None) for name, value in vars(t).items()}
+    return {name: (value, tuple(value) if isinstance(value, list) else None)
+            for name, value in vars(t).items()}
 
 
 def _declaration_changes(t: Task, declared: dict) -> list[str]:
@@ -793,7 +793,8 @@ def _seal(namespace: dict) -> dict:
     def sealed_member(member):
         if isinstance(member, types.FunctionType) and member.__globals__ is namespace:
             return sealed(member)
-        if isinstance(member, (staticmethod, classmethod)) and getattr(member.__func__, "__globals__", None) is namespace:
+        if isinstance(member, (staticmethod, classmethod)) \
+                and getattr(member.__func__, "__globals__", None) is namespace:
             return type(member)(sealed(member.__func__))
         if isinstance(member, property):
             fs = [sealed(f) if isinstance(f, types.FunctionType) and f.__globals__ is namespace else f
@@ -815,6 +816,6 @@ def _seal(namespace: dict) -> dict:
 
 
 _PRIVATE = _seal(globals())
-_SNAPSHOT = _Snapshot([sys.modules[__name__], *(importlib.import_module(m) for m in _CHECKER_MODULES)], _PRIVATE)
+_SNAPSHOT = _Snapshot([sys.modules[__name__], *_CHECKER_MODULES], _PRIVATE)
 _PRIVATE["_SNAPSHOT"] = _SNAPSHOT      # what the sealed functions call
 _SNAPSHOT.private_saved = dict(_PRIVATE)
