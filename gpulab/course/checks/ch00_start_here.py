@@ -13,6 +13,7 @@ Each task declares its planted wrong answers at the end of this module; the engi
 """
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import math
 import sys
@@ -20,11 +21,12 @@ import sys
 import torch
 from numba import cuda, float32
 
-from ... import runtime
+from ... import runtime, simtrace
 from ...basics import kernels as basics_kernels
 from ...harness import compare, reference
 from ...launch import kernel
 from . import engine
+from ..feedback import require
 from .engine import FUNCTION, KERNEL, Hint, Planted, Sizes, Task
 
 __all__ = ["TASK_BLOCK", "check_brighten", "check_block_sums", "check_vector_sum",
@@ -121,9 +123,45 @@ def _random_vector(n, gen):
     return torch.rand(n, generator=gen) - 0.5
 
 
+@contextlib.contextmanager
+def _recorded_launches():
+    """Yields a list that holds, after the block, the simtrace records of the launches made
+    inside it; stays empty when the engine is not recording (on a GPU, or recorder=False)."""
+    launches = []
+    if not simtrace.recording_active():
+        yield launches
+        return
+    with simtrace.record() as rec:   # joins the engine's open recording
+        start = len(rec.launches)
+        yield launches
+        launches.extend(rec.launches[start:])
+
+
+def _tree_problem(launch, n: int) -> str | None:
+    """A shared-memory tree leaves a mark the result does not: in every full block, every
+    thread stores its element in shared memory and, after the first barrier, half of them
+    add pairs. One thread looping over the block (no tree) writes from one thread only."""
+    for b in range(n // TB):   # full blocks only: a tree may skip the padding of the last one
+        writers = {a.thread for (blk, _), accesses in launch.shared_writes.items() if blk == (b, 0, 0)
+                   for a in accesses}
+        tree_writers = {a.thread for (blk, _), accesses in launch.shared_writes.items() if blk == (b, 0, 0)
+                        for a in accesses if a.phase >= 1}
+        if len(writers) < TB // 2 or len(tree_writers) < TB // 4:
+            return (f"the sum must be a tree in shared memory: every thread stores its element in a "
+                    f"shared array, then at each step (after cuda.syncthreads()) half of the "
+                    f"threads add pairs. In block {b}, {len(writers)} of {TB} threads wrote shared memory "
+                    f"and {len(tree_writers)} after the first barrier (one thread looping over the block "
+                    "is not a tree)")
+    return None
+
+
 def _launch_block_sums(kernel, inputs, outputs, size):
     (x,), (partial,) = inputs, outputs
-    kernel[partial.numel(), TASK_BLOCK](x, partial)
+    with _recorded_launches() as launches:
+        kernel[partial.numel(), TASK_BLOCK](x, partial)
+    for launch in launches:
+        problem = _tree_problem(launch, x.numel())
+        require(problem is None, problem or "")
 
 
 def _even_slots_only(x):
@@ -171,6 +209,31 @@ _TORCH_REDUCTIONS = [(torch, "sum"), (torch.Tensor, "sum"), (torch, "cumsum"), (
                      (torch.Tensor, "__matmul__"), (torch, "einsum"), (torch.Tensor, "tolist")]
 
 
+def _grid_problem(launch) -> str | None:
+    """Each pass launches ceil(n / TB) blocks of TB threads, n being the size of the pass's
+    input (the largest array of the launch)."""
+    n = max((math.prod(a.shape) for a in launch.arrays), default=0)
+    blocks_needed = math.ceil(n / TB)
+    if launch.block != (TB, 1, 1) or launch.grid[1:] != (1, 1) or launch.grid[0] < blocks_needed:
+        return (f"each pass must be a parallel launch of ceil(n / {TB}) blocks of {TB} threads "
+                f"(kernel[ceil(n / {TB}), {TB}], n the pass's input size): {launch.kernel} was launched "
+                f"with grid {launch.grid} and blocks {launch.block} on an input of {n}")
+    return None
+
+
+def _with_grid_check(candidate):
+    """The candidate, with each of its launches' grids checked under the simulator's recorder."""
+    def vector_sum_checked(x):
+        with _recorded_launches() as launches:
+            result = candidate(x)
+        for launch in launches:
+            problem = _grid_problem(launch)
+            require(problem is None, problem or "")
+        return result
+
+    return vector_sum_checked
+
+
 def _first_elements_sum(count):
     return lambda x: x[:count].double().sum().reshape(1).float()
 
@@ -186,7 +249,7 @@ VECTOR_SUM = Task(
                 gpu=[1 << 20, (1 << 22) + 3, TB * TB + 1]),  # the last needs three passes
     rtol=1e-4, atol=1e-4, kernel_only=True, needs_launch=lambda n: n > 1,
     forbidden=_TORCH_REDUCTIONS, forbidden_why="the sum must come from your own kernels",
-    own_kernels=(basics_kernels,), candidate_name="vector_sum",
+    own_kernels=(basics_kernels,), candidate_name="vector_sum", adapt=_with_grid_check,
     hints=[
         Hint(lambda case: case.output_matches(_first_elements_sum(TB)(case.inputs[0])),
              "Only the first block's sum came back: one pass is not enough, repeat the passes "
@@ -296,6 +359,17 @@ def _make_block_sums(mistake=None):
 _sums_right = _make_block_sums()
 
 
+@kernel
+def _block_sums_by_thread_zero(x, partial):
+    # right numbers, no tree: thread 0 adds the block's elements one by one
+    if cuda.threadIdx.x == 0:
+        start = cuda.blockIdx.x * cuda.blockDim.x
+        total = float32(0.0)
+        for j in range(start, min(start + cuda.blockDim.x, x.size)):
+            total += x[j]
+        partial[cuda.blockIdx.x] = total
+
+
 # -- task 3
 def _sum_one_pass(x):
     partial = torch.empty(math.ceil(x.numel() / TB), dtype=torch.float32, device=x.device)
@@ -327,6 +401,20 @@ def _sum_finished_by_python(x):
     partial = torch.empty(math.ceil(x.numel() / TB), dtype=torch.float32, device=x.device)
     _sums_right[partial.numel(), TB](x, partial)
     return torch.full((1,), sum(float(p) for p in partial))
+
+
+@kernel
+def _serial_sum(x, out):
+    total = float32(0.0)
+    for i in range(x.size):
+        total += x[i]
+    out[0] = total
+
+
+def _sum_by_one_thread(x):
+    out = torch.empty(1, dtype=torch.float32, device=x.device)
+    _serial_sum[1, 1](x, out)     # one thread walks the whole vector: no parallel passes
+    return out
 
 
 def _sum_by_reference(x):
@@ -406,6 +494,9 @@ BLOCK_SUMS.planted = [
     Planted("threads past the end return before the barriers", _make_block_sums("early_return"),
             "returned before", simulator_only=True),
     Planted("every block writes partial[0]", _make_block_sums("slot_zero"), "partial[cuda.blockIdx.x]"),
+    # right numbers: only the recorder sees that one thread did the block's work
+    Planted("thread 0 loops over its block, no tree", _block_sums_by_thread_zero, "tree in shared memory",
+            simulator_only=True),
 ]
 VECTOR_SUM.planted = [
     Planted("one pass only", _sum_one_pass, "until one value is left"),
@@ -414,6 +505,9 @@ VECTOR_SUM.planted = [
     Planted("finished on the host with numpy", _sum_finished_by_numpy, "on the host"),
     Planted("finished on the host in Python", _sum_finished_by_python, "on the host"),
     Planted("calls the reference", _sum_by_reference, "reference"),
+    # right numbers: only the recorder sees the launch's grid
+    Planted("one thread sums the whole vector", _sum_by_one_thread, "blocks of 128 threads",
+            simulator_only=True),
     Planted("the package's own kernel", _sum_by_package_kernel, "course package's own"),
     Planted("copies the expected output from the checker's frames", _sum_copies_the_expected, "elements wrong"),
     Planted("patches the checker's comparison", _sum_patches_the_comparison, "changed the checker"),

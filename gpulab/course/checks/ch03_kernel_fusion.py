@@ -23,12 +23,13 @@ import torch
 import torch.nn.functional as F
 from numba import cuda, float32
 
-from ... import runtime
+from ... import runtime, simtrace
 from ... import fusion as fk
 from ...fusion.codegen import BLOCK
 from ...fusion.pipeline import Pipeline
 from ...harness import reference
 from ...launch import kernel
+from ..feedback import require
 from .engine import FUNCTION, KERNEL, Hint, Planted, Sizes, Task
 
 __all__ = ["TASK_BLOCK", "TASK_GRID", "TASK_GRIDS", "MEAN", "STD", "task1_preprocess", "check_task1",
@@ -262,10 +263,39 @@ def _sum_with_fixed_stride(case) -> torch.Tensor:
     return (torch.square(torch.relu(x - 0.5)) * times).sum().reshape(1)
 
 
+def _atomics_per_block(launch) -> dict:
+    """Atomic writes into the launch's last argument (the output), counted per block."""
+    out = launch.arrays[-1] if launch.arrays else None
+    counts: dict = {}
+    for address, accesses in launch.writes.items():
+        if out is None or out.index_of(address) is None:
+            continue
+        for a in accesses:
+            if a.atomic:
+                counts[a.block] = counts.get(a.block, 0) + 1
+    return counts
+
+
+def _launch_fused_sum(kernel_, inputs, outputs, size):
+    """The task's grid; under the simulator's recorder also: at most one atomic per block."""
+    if not simtrace.recording_active():   # on a GPU (or recorder=False) nothing to count
+        _launch_on_task_grid(kernel_, inputs, outputs, size)
+        return
+    with simtrace.record() as rec:       # joins the engine's open recording
+        start = len(rec.launches)
+        _launch_on_task_grid(kernel_, inputs, outputs, size)
+        launches = rec.launches[start:]
+    for launch in launches:
+        for block, count in _atomics_per_block(launch).items():
+            require(count <= 1, f"one atomic per block: each block sums its threads' values in a shared-memory "
+                                f"tree, then only thread 0 of each block adds the block's sum into out[0] with "
+                                f"cuda.atomic.add. Block {block} made {count} atomic additions to out")
+
+
 FUSED_SUM = Task(
     chapter="03", number=3, title="fuse the final reduction", kind=KERNEL,
     reference=task3_reference, make_inputs=_random_vector, sizes=_SIZES, trials=1,
-    launch=_launch_on_task_grid, output_fill="zeros", rtol=1e-4, atol=1e-4,
+    launch=_launch_fused_sum, output_fill="zeros", rtol=1e-4, atol=1e-4,
     requires=[_atomic_on_gpu], candidate_name="your fused reduction",
     hints=[
         Hint(lambda case: any(f.kind == "race" for f in case.findings),
@@ -497,6 +527,16 @@ def _make_fused_sum(mistake=None):
     return fused_sum
 
 
+@kernel
+def _fused_sum_atomic_per_thread(x, out):
+    # right numbers, no block tree: every thread adds its own partial sum with an atomic
+    acc = float32(0.0)
+    for i in range(cuda.grid(1), x.size, cuda.gridsize(1)):
+        v = max(x[i] - float32(0.5), float32(0.0))
+        acc += v * v
+    cuda.atomic.add(out, 0, acc)
+
+
 FUSED_SUM.planted = [
     Planted("sums x without the transform", _make_fused_sum("no_transform"), "relu(x - 0.5) ** 2"),
     Planted("no grid-stride loop", _make_fused_sum("no_stride"), "grid-stride"),
@@ -506,6 +546,9 @@ FUSED_SUM.planted = [
     Planted("threshold 0.4", _make_fused_sum("threshold_04"), "threshold is 0.5"),
     Planted("stride hard-coded to TASK_GRID * TASK_BLOCK", _make_fused_sum("fixed_stride"),
             "cuda.gridsize(1), not a number"),
+    # right numbers: only the recorder counts the atomics
+    Planted("one atomic per thread, no block tree", _fused_sum_atomic_per_thread, "one atomic per block",
+            simulator_only=True),
 ]
 
 
