@@ -56,7 +56,7 @@ import numpy as np
 
 from . import runtime
 
-__all__ = ["record", "Recording", "LaunchTrace", "Finding", "recording_active"]
+__all__ = ["record", "Recording", "LaunchTrace", "Finding", "recording_active", "launches_in_open_recording"]
 
 _active: "Recording | None" = None
 _install_lock = threading.Lock()
@@ -609,6 +609,21 @@ class _SharedProxy:
     def __array__(self, dtype=None, copy=None):
         return self._ary if dtype is None else self._ary.astype(dtype)
 
+
+
+@contextlib.contextmanager
+def launches_in_open_recording():
+    """Yields a list that holds, after the block, the :class:`LaunchTrace` of each launch made
+    inside it, taken from the recording already open (a check's own rule on top of the
+    engine's); stays empty when none is open (on a GPU, or with the recorder off)."""
+    launches = []
+    if not recording_active():
+        yield launches
+        return
+    with record() as rec:   # joins the open recording
+        start = len(rec.launches)
+        yield launches
+        launches.extend(rec.launches[start:])
 
 @contextlib.contextmanager
 def record():

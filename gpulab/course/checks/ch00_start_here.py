@@ -13,7 +13,6 @@ Each task declares its planted wrong answers at the end of this module; the engi
 """
 from __future__ import annotations
 
-import contextlib
 import ctypes
 import math
 import sys
@@ -123,20 +122,6 @@ def _random_vector(n, gen):
     return torch.rand(n, generator=gen) - 0.5
 
 
-@contextlib.contextmanager
-def _recorded_launches():
-    """Yields a list that holds, after the block, the simtrace records of the launches made
-    inside it; stays empty when the engine is not recording (on a GPU, or recorder=False)."""
-    launches = []
-    if not simtrace.recording_active():
-        yield launches
-        return
-    with simtrace.record() as rec:   # joins the engine's open recording
-        start = len(rec.launches)
-        yield launches
-        launches.extend(rec.launches[start:])
-
-
 def _tree_problem(launch, n: int) -> str | None:
     """A shared-memory tree leaves a mark the result does not: in every full block, every
     thread stores its element in shared memory and, after the first barrier, half of them
@@ -157,7 +142,7 @@ def _tree_problem(launch, n: int) -> str | None:
 
 def _launch_block_sums(kernel, inputs, outputs, size):
     (x,), (partial,) = inputs, outputs
-    with _recorded_launches() as launches:
+    with simtrace.launches_in_open_recording() as launches:
         kernel[partial.numel(), TASK_BLOCK](x, partial)
     for launch in launches:
         problem = _tree_problem(launch, x.numel())
@@ -224,7 +209,7 @@ def _grid_problem(launch) -> str | None:
 def _with_grid_check(candidate):
     """The candidate, with each of its launches' grids checked under the simulator's recorder."""
     def vector_sum_checked(x):
-        with _recorded_launches() as launches:
+        with simtrace.launches_in_open_recording() as launches:
             result = candidate(x)
         for launch in launches:
             problem = _grid_problem(launch)

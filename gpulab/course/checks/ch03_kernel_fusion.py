@@ -278,13 +278,8 @@ def _atomics_per_block(launch) -> dict:
 
 def _launch_fused_sum(kernel_, inputs, outputs, size):
     """The task's grid; under the simulator's recorder also: at most one atomic per block."""
-    if not simtrace.recording_active():   # on a GPU (or recorder=False) nothing to count
+    with simtrace.launches_in_open_recording() as launches:   # none on a GPU: nothing to count
         _launch_on_task_grid(kernel_, inputs, outputs, size)
-        return
-    with simtrace.record() as rec:       # joins the engine's open recording
-        start = len(rec.launches)
-        _launch_on_task_grid(kernel_, inputs, outputs, size)
-        launches = rec.launches[start:]
     for launch in launches:
         for block, count in _atomics_per_block(launch).items():
             require(count <= 1, f"one atomic per block: each block sums its threads' values in a shared-memory "
