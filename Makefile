@@ -112,9 +112,12 @@ PY      ?= $(BIN)/python
 test-gpu: $(STAMP)
 	$(MAKE) gpu-checks PY=$(BIN)/python
 
+# On the GPU the full-size notebooks are the longest files: they go first, so that the
+# short test files fill the workers while they run instead of queueing behind them.
+GPU_TEST_PATHS = $(if $(CH),$(TEST_PATHS),solutions notebooks tests)
 gpu-checks:
 	GPULAB_MODE=gpu $(PY) -m pytest -n $(GPU_JOBS) --dist loadfile --nbval-lax -p no:cacheprovider \
-	    $(TEST_PATHS)
+	    $(GPU_TEST_PATHS)
 
 # End to end in a browser: JupyterLab started by `make lab`, notebooks run in headless Chromium
 # (tests/browser). Uses Debian's chromium (CHROMIUM=path for another Chromium or Chrome),
