@@ -362,7 +362,7 @@ def raster_kernel_for(footprint: Footprint, n_channels: int):
     alpha_at = footprint.device_fn
     n_params = footprint.n_params
 
-    def raster_kernel(ranges, gaussian_ids, params, features, background, image, transmittance):
+    def raster_kernel(ranges, gaussian_ids, params, features, background, image, transmittance, last_ids):
         height = image.shape[0]
         width = image.shape[1]
         tile = cuda.blockIdx.y * cuda.gridDim.x + cuda.blockIdx.x
@@ -380,6 +380,7 @@ def raster_kernel_for(footprint: Footprint, n_channels: int):
         for ch in range(n_channels):
             acc[ch] = _F0
         T = _F1
+        last = start - 1                # sorted position of the last Gaussian used (the backward starts there)
         done = int32(0) if inside else int32(1)                 # threads past the image only load
         for first in range(start, end, BATCH):
             # all threads reach this barrier; it also keeps the previous batch alive until
@@ -407,10 +408,12 @@ def raster_kernel_for(footprint: Footprint, n_channels: int):
                     for ch in range(n_channels):
                         acc[ch] += features[g, ch] * weight
                     T = test_T
+                    last = first + j
         if inside:
             for ch in range(n_channels):
                 image[y, x, ch] = acc[ch] + T * background[ch]
             transmittance[y, x] = T
+            last_ids[y, x] = last
 
     raster_kernel.__name__ = f"raster_{footprint.name}_{n_channels}ch"
     compiled = kernel(fastmath=True)(raster_kernel)
@@ -422,6 +425,20 @@ def rasterize_tiles(params: torch.Tensor, features: torch.Tensor, background: to
                     ranges: torch.Tensor, gaussian_ids: torch.Tensor, width: int, height: int,
                     footprint: Footprint = GAUSSIAN):
     """numba twin of :func:`torch_impl.rasterize_tiles`: (image [H, W, C], transmittance [H, W])."""
+    image, trans, _ = _launch_raster(params, features, background, ranges, gaussian_ids, width, height,
+                                     footprint)
+    return image, trans
+
+
+def _launch_raster(params, features, background, ranges, gaussian_ids, width: int, height: int,
+                   footprint: Footprint = GAUSSIAN):
+    """:func:`rasterize_tiles` plus ``last_ids`` [H, W] int32: each pixel's last contributor.
+
+    ``last_ids[y, x]`` is the sorted-list position of the last Gaussian the pixel used (its
+    tile's start - 1 if none). The backward pass (:mod:`.backward`) needs it and the final
+    transmittance to walk each list back to front, as diff-gaussian-rasterization
+    (``n_contrib``) and gsplat (``last_ids``) store them.
+    """
     tiles_x, tiles_y = tile_grid(width, height)
     _require(params, "params", (None, footprint.n_params))
     n = params.shape[0]
@@ -432,8 +449,9 @@ def rasterize_tiles(params: torch.Tensor, features: torch.Tensor, background: to
     _require(gaussian_ids, "gaussian_ids", (None,), torch.int32)
     image = torch.empty(height, width, n_ch, dtype=torch.float32, device=params.device)
     trans = torch.empty(height, width, dtype=torch.float32, device=params.device)
+    last_ids = torch.empty(height, width, dtype=torch.int32, device=params.device)
     raster_kernel_for(footprint, n_ch)[(tiles_x, tiles_y), (TILE, TILE)](
         ranges, gaussian_ids, params.contiguous(), features.contiguous(), background.contiguous(),
-        image, trans)
-    return image, trans
+        image, trans, last_ids)
+    return image, trans, last_ids
 

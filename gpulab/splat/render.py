@@ -1,7 +1,8 @@
 """The whole pipeline in one call, on either backend, plus the stage-by-stage pieces.
 
     out = render(gaussians, camera)                    # numba on a GPU, torch on a CPU
-    out = render(gaussians, camera, backend="torch")   # differentiable (training)
+    out = render(gaussians, camera, backend="torch")   # differentiable, the readable specification
+    out = render(gaussians, camera, backend="numba")   # differentiable too (numba backward kernels)
     out.image, out.transmittance, out.projection, out.ranges, ...
 
 :func:`rasterize` is the primitive-agnostic back half (bin, sort, ranges, composite): a
@@ -16,7 +17,7 @@ from dataclasses import dataclass
 import torch
 
 from .. import runtime
-from . import kernels, torch_impl
+from . import autograd, kernels, torch_impl
 from .camera import Camera
 from .footprints import GAUSSIAN, Footprint, gaussian_params
 from .torch_impl import Projection, tile_grid
@@ -113,7 +114,10 @@ def rasterize(params: torch.Tensor, features: torch.Tensor, means2d: torch.Tenso
     keys, ids = stages.sort_keys(keys, ids)
     tiles_x, tiles_y = tile_grid(width, height)
     ranges = stages.tile_ranges(keys, tiles_x * tiles_y)
-    image, trans = stages.rasterize_tiles(params, features, background, ranges, ids, width, height, footprint)
+    composite = stages.rasterize_tiles
+    if stages is kernels and autograd.needs_grad(params, features, background):
+        composite = autograd.rasterize_tiles          # the same kernel, plus its backward pass
+    image, trans = composite(params, features, background, ranges, ids, width, height, footprint)
     return image, trans, (keys, ids, ranges)
 
 
@@ -172,9 +176,14 @@ def render(gaussians: Gaussians, camera: Camera, background: torch.Tensor | None
         raise TypeError(f"render takes a Camera, got {type(camera).__name__}")
     stages = backend_module(backend)
     g = gaussians
-    proj = stages.project_gaussians(g.means, g.quats, g.scales, camera)
+    project, colour = stages.project_gaussians, stages.sh_to_color
+    if stages is kernels and autograd.needs_grad(g.means, g.quats, g.scales):
+        project = autograd.project_gaussians          # numba forward and backward kernels
+    if stages is kernels and autograd.needs_grad(g.sh, g.means):
+        colour = torch_impl.sh_to_color               # one elementwise pass: torch differentiates it
+    proj = project(g.means, g.quats, g.scales, camera)
     if features is None:
-        features = stages.sh_to_color(g.sh, g.means, camera.position, g.sh_degree)
+        features = colour(g.sh, g.means, camera.position, g.sh_degree)
     params = gaussian_params(proj.means2d, proj.conics, g.opacities)
     image, trans, (keys, ids, ranges) = rasterize(
         params, features, proj.means2d, proj.radii, proj.depths, camera.width, camera.height,
