@@ -420,7 +420,9 @@ def fused_moe_kernel(x, w1, w2, sorted_assignment, topk_weight, offsets, tile_of
     (rows gathered from x while loading: the dispatch), then every (row tile, column
     tile) of Y = H W2[e], whose epilogue adds weight * Y straight into out[token] with
     atomics (the combine). A Y task waits (spins) until all H tasks of its row tile are
-    done (tile_done counts them). No deadlock: all H tasks are handed out before any Y
+    done (tile_done counts them): each H task writes its tile, fences (release) and counts;
+    the Y task's leader reads the count until complete, then fences (acquire) before the
+    block reads H. No deadlock: all H tasks are handed out before any Y
     task, to blocks that are running and never wait. out, queue and tile_done start at 0.
     """
     a_tile = cuda.shared.array((TILE, TILE), float32)
@@ -454,7 +456,12 @@ def fused_moe_kernel(x, w1, w2, sorted_assignment, topk_weight, offsets, tile_of
             if leader:
                 while cuda.atomic.add(tile_done, r, 0) < col_tiles_h:
                     pass                     # the H tiles of this row tile are in flight
-            cuda.syncthreads()
+                # acquire: the other half of the producers' threadfence-then-count. Without a
+                # fence after the flag read, the memory model lets this block's plain loads of
+                # hidden be performed before the flag was seen (issued early, or served from a
+                # stale L1 line), so they could read H from before it was written
+                cuda.threadfence()
+            cuda.syncthreads()               # the leader's acquire, passed on to the whole block
         else:
             r = q // col_tiles_h
             col = (q % col_tiles_h) * TILE + tx
