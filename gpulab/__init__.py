@@ -10,6 +10,7 @@ simulator (see :mod:`gpulab.runtime`).
     gpulab.check(...)      # compare a kernel with its reference on fresh random inputs
     gpulab.bench(...)      # median time (CUDA events on a GPU, wall time on a CPU)
     gpulab.roofline(...)   # place a time against the machine's measured ceilings
+    gpulab.trace()         # under the simulator: record every thread's reads and writes
 """
 from . import runtime  # noqa: F401  (first: it configures numba before anyone imports it)
 from .runtime import (MODE, ON_GPU, SIMULATOR, device, pick, preset, register_preset, presets,
@@ -18,6 +19,7 @@ from .launch import kernel, Kernel, LaunchError
 from .harness import (check, CheckReport, CheckFailed, tolerance, bench, Timing, reference, forbid_calls,
                       ReferenceCalledError)
 from .peaks import machine_peaks, roofline
+from .simtrace import trace
 
 __version__ = "0.1.0"
 

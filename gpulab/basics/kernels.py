@@ -7,6 +7,14 @@ array: the bounds check ``if i < out.size`` keeps them from writing out of bound
 ``block_sums`` sums the elements of each block's slice in shared memory, halving the
 number of active threads each step (a tree reduction). ``vector_sum`` applies it until
 one number is left: each pass shrinks ``n`` values to ``ceil(n / BLOCK)`` partial sums.
+
+``transpose_naive_kernel`` and ``transpose_tiled_kernel`` are the first 2-D kernels: a
+thread per element, ``x`` along columns. The naive one reads rows and writes columns, so
+the 32 threads of a warp write 32 elements a whole row apart; the tiled one (Mark Harris,
+"An Efficient Matrix Transpose in CUDA C/C++", NVIDIA Developer Blog, 2013) stages a 32x32
+tile in shared memory so that both its global reads and writes run along rows, and pads
+the tile's rows to 33 elements so the column read from shared memory hits 32 different
+banks (``transpose_tiled_unpadded_kernel`` shows the bank conflicts without the pad).
 """
 from __future__ import annotations
 
@@ -107,10 +115,22 @@ def vector_sum(x: torch.Tensor) -> torch.Tensor:
     sums in one block.
     """
     _check_vector(x, "x")
-    max_blocks = runtime.pick(8, 4 * 132)   # a few blocks per SM; tiny under the simulator
+    # a few blocks per multiprocessor (SM) keeps every SM busy; the simulator has none, and
+    # a simulated thread costs about a millisecond, so 8 blocks there
+    max_blocks = 4 * multiprocessor_count() if runtime.ON_GPU else 8
     blocks = max(1, min(max_blocks, math.ceil(x.numel() / BLOCK)))
     partial = block_sums(x, blocks)
     return block_sums(partial, 1)
+
+
+def multiprocessor_count() -> int:
+    """The number of streaming multiprocessors (SMs) of the GPU in use, as the device
+    reports it (132 on an H100 SXM, 108 on an A100): the attribute
+    ``CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT``. Raises ModeError under the simulator,
+    which has no multiprocessors."""
+    if not runtime.ON_GPU:
+        raise runtime.ModeError("the simulator has no multiprocessors to count; ask on a GPU")
+    return int(cuda.get_current_device().MULTIPROCESSOR_COUNT)
 
 
 @reference
@@ -124,3 +144,72 @@ def reference_block_sums(x: torch.Tensor, block: int = BLOCK) -> torch.Tensor:
 @reference
 def reference_sum(x: torch.Tensor) -> torch.Tensor:
     return x.double().sum().reshape(1).to(x.dtype)
+
+
+# ------------------------------------------------------------------ 2-D: transpose
+
+#: tile side of the tiled transpose, and the rows of threads per block that walk it (each
+#: thread copies TILE // TILE_ROWS elements), as in Harris's blog post
+TILE = 32
+TILE_ROWS = 8
+
+
+@kernel
+def transpose_naive_kernel(src, dst):
+    """dst[c, r] = src[r, c]: one thread per element of src, x along its columns."""
+    c, r = cuda.grid(2)                      # x (fastest across a warp) is the column
+    if r < src.shape[0] and c < src.shape[1]:
+        dst[c, r] = src[r, c]                # reads along a row, writes down a column
+
+
+def _make_tiled_transpose(pad: int, name: str):
+    # TILE + pad columns: with pad = 1 the elements of a tile column lie in 32 different banks
+    def transpose_tiled(src, dst):
+        tile = cuda.shared.array((TILE, TILE + pad), dtype=float32)
+        tx, ty = cuda.threadIdx.x, cuda.threadIdx.y
+        col = cuda.blockIdx.x * TILE + tx
+        for k in range(0, TILE, TILE_ROWS):      # load: a warp reads one row of the tile
+            row = cuda.blockIdx.y * TILE + ty + k
+            if row < src.shape[0] and col < src.shape[1]:
+                tile[ty + k, tx] = src[row, col]
+        cuda.syncthreads()                       # the whole tile is loaded before any reads it
+        col = cuda.blockIdx.y * TILE + tx        # the block's tile lands transposed in dst
+        for k in range(0, TILE, TILE_ROWS):      # store: a warp writes one row of dst
+            row = cuda.blockIdx.x * TILE + ty + k
+            if row < dst.shape[0] and col < dst.shape[1]:
+                dst[row, col] = tile[tx, ty + k]  # ... reading a column of the tile
+    transpose_tiled.__name__ = transpose_tiled.__qualname__ = name
+    return kernel(transpose_tiled)
+
+
+transpose_tiled_kernel = _make_tiled_transpose(1, "transpose_tiled_kernel")
+transpose_tiled_unpadded_kernel = _make_tiled_transpose(0, "transpose_tiled_unpadded_kernel")
+
+
+def _check_matrix(x: torch.Tensor, name: str) -> None:
+    if not isinstance(x, torch.Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor, got {type(x).__name__}")
+    if x.dim() != 2:
+        raise ValueError(f"{name} must be 2-D, got shape {tuple(x.shape)}")
+    if x.dtype != torch.float32:
+        raise TypeError(f"{name} must be float32, got {x.dtype}")
+    if x.device.type != runtime.device.type:
+        raise ValueError(f"{name} is on {x.device}; kernels need tensors on {runtime.device}")
+
+
+def transpose(x: torch.Tensor, tiled: bool = True) -> torch.Tensor:
+    """``x.T`` as a new contiguous tensor, by the tiled kernel (or the naive one)."""
+    _check_matrix(x, "x")
+    rows, cols = x.shape
+    out = torch.empty(cols, rows, dtype=x.dtype, device=x.device)
+    grid = (math.ceil(cols / TILE), math.ceil(rows / TILE))
+    if tiled:
+        transpose_tiled_kernel[grid, (TILE, TILE_ROWS)](x, out)
+    else:
+        transpose_naive_kernel[grid, (TILE, TILE)](x, out)
+    return out
+
+
+@reference
+def reference_transpose(x: torch.Tensor) -> torch.Tensor:
+    return x.t().contiguous()
