@@ -35,10 +35,13 @@ What every task gets from the engine, without writing it again:
   allocate, view and launch gpulab kernels (a ``TorchFunctionMode`` allow-list refuses
   anything that computes, ``.sum()`` or ``.numpy()`` alike), and what it returns must
   hold data its kernels wrote (a tensor passed to one of its launches, or a copy of one);
-* under the simulator with ``no_races=True``: every launch is recorded with
-  :mod:`gpulab.simtrace`, and a race, a barrier not every thread reaches, or a shared
-  read that a missing ``cuda.syncthreads()`` leaves unordered fails the task, naming the
-  threads and the element;
+* under the simulator with ``no_races=True`` (the default; the task requires "no race, no
+  missing barrier, no out-of-bounds"): every launch is traced with :mod:`gpulab.simtrace`,
+  and an index past the end of an array or a negative one, a barrier not every thread
+  reaches, a shared read that a missing ``cuda.syncthreads()`` leaves unordered, or a race
+  (two threads writing one element without an atomic) fails the task, naming the thread,
+  the block, the array and the index ("threads (3,0,0) and (35,0,0) of block (0,0,0) both
+  wrote out[3] without an atomic");
 * the numeric comparison of :func:`gpulab.harness.compare`, then the task's hints: each
   :class:`Hint` that applies to the failed :class:`Case` adds a sentence naming the
   likely mistake;
@@ -210,7 +213,7 @@ class Task:
     forbidden_why: str = "compute it with your own kernel"
     kernel_only: bool = False
     needs_launch: Callable = lambda size: True
-    no_races: bool = True
+    no_races: bool = True   # under the simulator: no race, no missing barrier, no out-of-bounds
     own_kernels: Sequence = ()
     requires: Sequence[Callable] = ()
     hints: Sequence[Hint] = ()
@@ -304,7 +307,11 @@ class Task:
             raise stopped
         case.expected = expected = _as_tuple(self.reference(*pristine))
         if isinstance(case.error, IndexError):
-            self._fail(case, f"{where}: an index went out of bounds ({case.error})")
+            # the tracer names the thread, the array and the index; the simulator's own
+            # message (tid=[...] ctaid=[...]: index 20 is out of bounds ...) names no array
+            named = [f for f in findings if f.kind == "out of bounds"]
+            self._fail(case, f"{where}: an index went out of bounds"
+                             + (f": {named[0]}" if named else f" ({case.error})"))
         if case.error is not None:
             self._fail(case, f"{where}: your code raised {type(case.error).__name__}: {case.error}")
         for out in case.outputs:
