@@ -94,10 +94,13 @@ class TrainableGaussians(torch.nn.Module):
 
 
 def fit(model: TrainableGaussians, cameras: list[Camera], targets: list[torch.Tensor], steps: int = 200,
-        lr: float = 0.01, background: torch.Tensor | None = None, progress: bool = True, seed: int = 0):
-    """Adam on the photometric L2 loss, one random view per step, through the torch path.
+        lr: float = 0.01, background: torch.Tensor | None = None, progress: bool = True, seed: int = 0,
+        backend: str = "torch"):
+    """Adam on the photometric L2 loss, one random view per step.
 
-    Returns the PSNR history (dB, over the views seen at each step).
+    ``backend="numba"`` trains through the numba kernels and their backward pass (a GPU's
+    path); ``"torch"`` differentiates the torch specification. Returns the PSNR history
+    (dB, over the views seen at each step).
     """
     from tqdm.auto import tqdm
 
@@ -113,7 +116,7 @@ def fit(model: TrainableGaussians, cameras: list[Camera], targets: list[torch.Te
     bar = tqdm(range(steps), disable=not progress, desc="fitting")
     for _ in bar:
         v = int(torch.randint(len(cameras), (1,), generator=g))
-        out = render(model.gaussians(), cameras[v], background, backend="torch")
+        out = render(model.gaussians(), cameras[v], background, backend=backend)
         loss = torch.mean((out.image - targets[v]) ** 2)
         opt.zero_grad()
         loss.backward()
