@@ -202,11 +202,10 @@ def transpose(x: torch.Tensor, tiled: bool = True) -> torch.Tensor:
     _check_matrix(x, "x")
     rows, cols = x.shape
     out = torch.empty(cols, rows, dtype=x.dtype, device=x.device)
-    grid = (math.ceil(cols / TILE), math.ceil(rows / TILE))
-    if tiled:
-        transpose_tiled_kernel[grid, (TILE, TILE_ROWS)](x, out)
-    else:
-        transpose_naive_kernel[grid, (TILE, TILE)](x, out)
+    if tiled:   # a block per 32x32 tile, each of its 32x8 threads copying 4 elements
+        transpose_tiled_kernel[(math.ceil(cols / TILE), math.ceil(rows / TILE)), (TILE, TILE_ROWS)](x, out)
+    else:       # a thread per element, in blocks of 32x8
+        transpose_naive_kernel[(math.ceil(cols / TILE), math.ceil(rows / TILE_ROWS)), (TILE, TILE_ROWS)](x, out)
     return out
 
 

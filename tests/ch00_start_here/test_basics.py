@@ -3,8 +3,8 @@ before running anything (its planted wrong answers run in tests/course/test_plan
 import pytest
 import torch
 import gpulab
-from gpulab.basics import (BLOCK, block_sums, reference_block_sums, reference_sum, vector_add,
-                           vector_sum)
+from gpulab.basics import (BLOCK, block_sums, multiprocessor_count, reference_block_sums, reference_sum,
+                           reference_transpose, transpose, vector_add, vector_sum)
 from gpulab.course.checks import ch00_start_here as a00
 from gpulab.course.feedback import TaskFailed
 
@@ -31,7 +31,25 @@ def test_known_answer():
     assert vector_sum(x).item() == 5050.0
 
 
+@pytest.mark.parametrize("tiled", [True, False])
+def test_transpose_matches_torch_on_awkward_shapes(tiled):
+    # 33 x 17: neither side a multiple of the 32x32 tile; 5 x 40: a tile row cut short
+    gpulab.check(lambda x, out: out.copy_(transpose(x, tiled=tiled)), reference_transpose,
+                 lambda shape, g: (torch.rand(*shape, generator=g),),
+                 sizes=((1, 1), (33, 17), (5, 40)) + gpulab.pick((), ((1000, 1337),)), trials=1)
+
+
+def test_vector_sum_asks_the_device_for_its_multiprocessors():
+    if gpulab.SIMULATOR:
+        with pytest.raises(gpulab.ModeError, match="no multiprocessors"):
+            multiprocessor_count()
+    else:
+        assert multiprocessor_count() == torch.cuda.get_device_properties(0).multi_processor_count
+
+
 @pytest.mark.parametrize("bad, err, match", [
+    (lambda: transpose(gpulab.zeros(3)), ValueError, "2-D"),
+    (lambda: transpose(torch.zeros(2, 2, dtype=torch.float64, device=gpulab.device)), TypeError, "float32"),
     (lambda: vector_add(torch.zeros(3, dtype=torch.float64, device=gpulab.device), gpulab.zeros(3)), TypeError, "float32"),
     (lambda: vector_add(gpulab.zeros(3), gpulab.zeros(4)), ValueError, "same shape"),
     (lambda: vector_sum(gpulab.zeros(2, 2)), ValueError, "1-D"),
