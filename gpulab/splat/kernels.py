@@ -9,6 +9,11 @@ that of diff-gaussian-rasterization (Kerbl et al. 2023):
   each Gaussian writes one ``tile << 32 | depth`` key per tile it touches at its offset;
 * the sort is ``torch.sort`` (CUB's radix sort on a GPU, as the original uses CUB);
 * ``tile_ranges_kernel``: one thread per sorted key finds where each tile's run starts/ends;
+* :func:`bin_and_sort`, what :func:`~gpulab.splat.render.render` runs: the same pairs sorted
+  tile-major with 32-bit keys. The Gaussians are sorted by depth once (N keys, not one per
+  pair), ``write_tile_ids_kernel`` writes each pair's tile id in that order, and a stable
+  sort of the 32-bit tile ids keeps each tile's list front to back: 4 radix passes over
+  4-byte keys instead of 8 over 8-byte ones, the same lists as the 64-bit keys give;
 * the raster kernel: one block per 16x16 tile, one thread per pixel; each round the
   block stages 256 Gaussians in shared memory (one load per thread), then every thread
   composites them front to back; the block leaves when all its pixels are saturated.
@@ -33,8 +38,8 @@ from .torch_impl import Projection, sort_keys, tile_grid
 
 __all__ = [
     "project_kernel", "sh_kernel", "count_tiles_kernel", "write_keys_kernel", "tile_ranges_kernel",
-    "raster_kernel_for", "project_gaussians", "sh_to_color", "bin_gaussians", "sort_keys",
-    "tile_ranges", "rasterize_tiles", "BLOCK_1D",
+    "write_tile_ids_kernel", "tile_ranges_of_tiles_kernel", "raster_kernel_for", "project_gaussians",
+    "sh_to_color", "bin_gaussians", "sort_keys", "bin_and_sort", "tile_ranges", "rasterize_tiles", "BLOCK_1D",
 ]
 
 BLOCK_1D = 256          # threads per block of the one-thread-per-item kernels
@@ -334,12 +339,92 @@ def tile_ranges_kernel(sorted_keys, ranges):
         ranges[tile, 1] = n
 
 
+@kernel
+def tile_ranges_of_tiles_kernel(sorted_tiles, ranges):
+    """:func:`tile_ranges_kernel` for sorted 32-bit tile ids (what :func:`bin_and_sort` gives)."""
+    i = cuda.grid(1)
+    n = sorted_tiles.shape[0]
+    if i >= n:
+        return
+    tile = sorted_tiles[i]
+    if i == 0:
+        ranges[tile, 0] = 0
+    else:
+        prev = sorted_tiles[i - 1]
+        if tile != prev:
+            ranges[prev, 1] = i
+            ranges[tile, 0] = i
+    if i == n - 1:
+        ranges[tile, 1] = n
+
+
 def tile_ranges(sorted_keys: torch.Tensor, n_tiles: int) -> torch.Tensor:
-    """numba twin of :func:`torch_impl.tile_ranges`."""
-    _require(sorted_keys, "sorted_keys", (None,), torch.int64)
+    """numba twin of :func:`torch_impl.tile_ranges` (int64 keys, or int32 tile ids)."""
+    if not isinstance(sorted_keys, torch.Tensor) or sorted_keys.dtype not in (torch.int64, torch.int32):
+        got = sorted_keys.dtype if isinstance(sorted_keys, torch.Tensor) else type(sorted_keys).__name__
+        raise TypeError(f"sorted_keys must be int64 keys (tile << 32 | depth) or int32 tile ids, got {got}")
+    _require(sorted_keys, "sorted_keys", (None,), sorted_keys.dtype)
     ranges = torch.zeros(n_tiles, 2, dtype=torch.int32, device=sorted_keys.device)
-    tile_ranges_kernel[_blocks(len(sorted_keys)), BLOCK_1D](sorted_keys, ranges)
+    launch = tile_ranges_kernel if sorted_keys.dtype == torch.int64 else tile_ranges_of_tiles_kernel
+    launch[_blocks(len(sorted_keys)), BLOCK_1D](sorted_keys, ranges)
     return ranges
+
+
+@kernel
+def write_tile_ids_kernel(order, means2d, radii, offsets, tiles_x, tiles_y, tiles, ids):
+    """Thread r takes the r-th nearest Gaussian, ``order[r]``, and writes its tile ids (32 bits)
+    and its id at [offsets[r-1], offsets[r]): pairs come out front to back."""
+    r = cuda.grid(1)
+    if r >= order.shape[0]:
+        return
+    i = order[r]
+    if radii[i] <= 0:
+        return
+    k = int32(0) if r == 0 else offsets[r - 1]
+    x0, y0, x1, y1 = tile_rect_device(means2d[i, 0], means2d[i, 1], float32(radii[i]), tiles_x, tiles_y)
+    for ty in range(y0, y1):
+        for tx in range(x0, x1):
+            tiles[k] = ty * tiles_x + tx
+            ids[k] = i
+            k += 1
+
+
+def bin_and_sort(means2d: torch.Tensor, radii: torch.Tensor, depths: torch.Tensor, width: int, height: int):
+    """numba twin of :func:`torch_impl.bin_and_sort`: (sorted tile ids [L] int32, Gaussian ids [L] int32).
+
+    Tile-major with 32-bit keys: depth order once per Gaussian, pairs written in that order,
+    then a stable sort of the tile ids. 3DGS and gsplat sort 64-bit (tile, depth) keys
+    instead (gsplat limits CUB's radix sort to the bits the tile ids use); torch.sort has
+    no bit range, so fewer, narrower keys are what cut its passes here.
+    """
+    return _sort_by_tile(*_bin_front_to_back(means2d, radii, depths, width, height))
+
+
+def _bin_front_to_back(means2d, radii, depths, width: int, height: int):
+    """The pairs (tile ids [L] int32, Gaussian ids [L] int32), unsorted, nearest Gaussian first."""
+    _require(means2d, "means2d", (None, 2))
+    n = means2d.shape[0]
+    _require(radii, "radii", (n,), torch.int32)
+    _require(depths, "depths", (n,))
+    device = means2d.device
+    tiles_x, tiles_y = tile_grid(width, height)
+    if tiles_x * tiles_y >= 2 ** 31:
+        raise ValueError(f"{width}x{height} has too many tiles for 32-bit tile ids")
+    counts = torch.empty(n, dtype=torch.int32, device=device)
+    count_tiles_kernel[_blocks(n), BLOCK_1D](means2d, radii, tiles_x, tiles_y, counts)
+    order = torch.argsort(depths, stable=True)              # front to back; ties by index, like the keys
+    offsets = torch.cumsum(counts[order], 0, dtype=torch.int32)
+    total = int(offsets[-1]) if n else 0                    # the one host sync of the pipeline
+    tiles = torch.empty(total, dtype=torch.int32, device=device)
+    ids = torch.empty(total, dtype=torch.int32, device=device)
+    write_tile_ids_kernel[_blocks(n), BLOCK_1D](order, means2d, radii, offsets, tiles_x, tiles_y, tiles, ids)
+    return tiles, ids
+
+
+def _sort_by_tile(tiles, ids):
+    """Stable sort of the pairs by tile: each tile's list stays front to back."""
+    sorted_tiles, perm = torch.sort(tiles, stable=True)
+    return sorted_tiles, ids[perm]
 
 
 # ------------------------------------------------------------------ compositing

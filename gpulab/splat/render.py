@@ -22,7 +22,7 @@ from .camera import Camera
 from .footprints import GAUSSIAN, Footprint, gaussian_params
 from .torch_impl import Projection, tile_grid
 
-__all__ = ["Gaussians", "RenderResult", "backend_module", "render", "rasterize"]
+__all__ = ["Gaussians", "RenderResult", "backend_module", "render", "rasterize", "pair_keys"]
 
 BACKENDS = ("torch", "numba", "auto")
 
@@ -82,10 +82,21 @@ class RenderResult:
     transmittance: torch.Tensor  # [H, W] (alpha = 1 - transmittance)
     projection: Projection | None
     colors: torch.Tensor | None  # [N, C] per-Gaussian features that were composited
-    keys: torch.Tensor           # [L] sorted keys
-    gaussian_ids: torch.Tensor   # [L] Gaussian of each sorted key
+    tiles: torch.Tensor          # [L] int32 tile of each sorted (Gaussian, tile) pair
+    gaussian_ids: torch.Tensor   # [L] Gaussian of each sorted pair
     ranges: torch.Tensor         # [n_tiles, 2]
     backend: str
+
+    @property
+    def keys(self) -> torch.Tensor:
+        """[L] int64 sorted keys ``tile << 32 | depth bits`` (3DGS's form), rebuilt on demand."""
+        return pair_keys(self.tiles, self.gaussian_ids, self.projection.depths)
+
+
+def pair_keys(tiles: torch.Tensor, gaussian_ids: torch.Tensor, depths: torch.Tensor) -> torch.Tensor:
+    """The 64-bit keys ``tile << 32 | float32 depth bits`` of sorted (tile, Gaussian) pairs."""
+    depth_bits = depths.detach().float().contiguous().view(torch.int32).long() & 0xFFFFFFFF
+    return (tiles.long() << 32) | depth_bits[gaussian_ids.long()]
 
 
 def backend_module(backend: str):
@@ -104,21 +115,28 @@ def rasterize(params: torch.Tensor, features: torch.Tensor, means2d: torch.Tenso
 
     ``means2d`` [N, 2] float and ``radii`` [N] int32 give each primitive's screen square
     (radius 0 = culled), ``depths`` [N] its sort order, ``params`` [N, footprint.n_params]
-    its footprint, ``features`` [N, C] what it composites, ``background`` [C].
+    its footprint, ``features`` [N, C] what it composites, ``background`` [C]. ``keys`` are
+    the sorted 64-bit ``tile << 32 | depth`` keys. Differentiable on both backends (numba:
+    the Gaussian footprint).
     """
     _check_rasterize_inputs(params, features, means2d, radii, depths, width, height, background, footprint)
-    stages = backend_module(backend)
+    image, trans, tiles, ids, ranges = _bin_sort_composite(params, features, means2d, radii, depths, width,
+                                                           height, background, footprint, backend_module(backend))
+    return image, trans, (pair_keys(tiles, ids, depths), ids, ranges)
+
+
+def _bin_sort_composite(params, features, means2d, radii, depths, width, height, background, footprint, stages):
+    """The back half of the pipeline: (image, transmittance, sorted tile ids, Gaussian ids, ranges)."""
     if background is None:
         background = torch.zeros(features.shape[1], dtype=features.dtype, device=features.device)
-    keys, ids = stages.bin_gaussians(means2d.detach(), radii, depths.detach(), width, height)
-    keys, ids = stages.sort_keys(keys, ids)
+    tiles, ids = stages.bin_and_sort(means2d.detach(), radii, depths.detach(), width, height)
     tiles_x, tiles_y = tile_grid(width, height)
-    ranges = stages.tile_ranges(keys, tiles_x * tiles_y)
+    ranges = stages.tile_ranges(tiles, tiles_x * tiles_y)
     composite = stages.rasterize_tiles
     if stages is kernels and autograd.needs_grad(params, features, background):
         composite = autograd.rasterize_tiles          # the same kernel, plus its backward pass
     image, trans = composite(params, features, background, ranges, ids, width, height, footprint)
-    return image, trans, (keys, ids, ranges)
+    return image, trans, tiles, ids, ranges
 
 
 def _check_tensor(t, name: str, shape: tuple, floating: bool = True) -> None:
@@ -185,8 +203,10 @@ def render(gaussians: Gaussians, camera: Camera, background: torch.Tensor | None
     if features is None:
         features = colour(g.sh, g.means, camera.position, g.sh_degree)
     params = gaussian_params(proj.means2d, proj.conics, g.opacities)
-    image, trans, (keys, ids, ranges) = rasterize(
+    _check_rasterize_inputs(params, features, proj.means2d, proj.radii, proj.depths, camera.width,
+                            camera.height, background, GAUSSIAN)
+    image, trans, tiles, ids, ranges = _bin_sort_composite(
         params, features, proj.means2d, proj.radii, proj.depths, camera.width, camera.height,
-        background, GAUSSIAN, backend)
+        background, GAUSSIAN, stages)
     name = "numba" if stages is kernels else "torch"
-    return RenderResult(image, trans, proj, features, keys, ids, ranges, name)
+    return RenderResult(image, trans, proj, features, tiles, ids, ranges, name)

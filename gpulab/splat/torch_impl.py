@@ -33,7 +33,7 @@ __all__ = [
     "SH_C0", "SH_C1", "SH_C2", "SH_C3", "Projection", "Footprint",
     "quat_to_rotmat", "covariance_3d", "project_covariance", "conic_and_radius",
     "project_gaussians", "sh_to_color", "tile_grid", "tile_rects", "bin_gaussians",
-    "sort_keys", "tile_ranges", "gaussian_params", "gaussian_alpha", "rasterize_tiles",
+    "sort_keys", "bin_and_sort", "tile_ranges", "gaussian_params", "gaussian_alpha", "rasterize_tiles",
     "trace_pixel", "GAUSSIAN",
 ]
 
@@ -231,12 +231,26 @@ def sort_keys(keys: torch.Tensor, gaussian_ids: torch.Tensor):
     return sorted_keys, gaussian_ids[order]
 
 
+def bin_and_sort(means2d: torch.Tensor, radii: torch.Tensor, depths: torch.Tensor, width: int, height: int):
+    """Binning and sorting in one call: (sorted tile ids [L] int32, Gaussian ids [L] int32).
+
+    The same lists as ``sort_keys(*bin_gaussians(...))``, the tile of each sorted key kept
+    in 32 bits (its depth only decided the order). The numba twin gets there with 32-bit
+    keys (a tile-major sort); :func:`tile_ranges` takes either form.
+    """
+    keys, ids = sort_keys(*bin_gaussians(means2d, radii, depths, width, height))
+    return (keys >> 32).to(torch.int32), ids
+
+
 def tile_ranges(sorted_keys: torch.Tensor, n_tiles: int) -> torch.Tensor:
-    """[n_tiles, 2] int32: tile t's Gaussians are sorted positions [start, end); empty: (0, 0)."""
+    """[n_tiles, 2] int32: tile t's Gaussians are sorted positions [start, end); empty: (0, 0).
+
+    ``sorted_keys``: int64 keys (tile << 32 | depth) or int32 tile ids, sorted.
+    """
     ranges = torch.zeros(n_tiles, 2, dtype=torch.int32, device=sorted_keys.device)
     if sorted_keys.numel() == 0:
         return ranges
-    tiles = sorted_keys >> 32
+    tiles = (sorted_keys >> 32) if sorted_keys.dtype == torch.int64 else sorted_keys.long()
     new = torch.ones_like(tiles, dtype=torch.bool)
     new[1:] = tiles[1:] != tiles[:-1]
     starts = torch.nonzero(new).flatten()

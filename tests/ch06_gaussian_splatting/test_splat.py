@@ -191,6 +191,22 @@ def test_binning_and_ranges_numba_match_torch():
     rt, rn = T.tile_ranges(ks, n_tiles), K.tile_ranges(ks, n_tiles)
     assert torch.equal(rt, rn)
     assert int((rt[:, 1] - rt[:, 0]).sum()) == len(ks)
+    # the tile-major sort with 32-bit keys gives the same lists as the 64-bit keys
+    tiles_n, ids_n = K.bin_and_sort(proj.means2d, proj.radii, proj.depths, 70, 37)
+    tiles_t, ids_t = T.bin_and_sort(proj.means2d, proj.radii, proj.depths, 70, 37)
+    assert tiles_n.dtype == torch.int32 and torch.equal(tiles_n, tiles_t) and torch.equal(ids_n, ids_t)
+    assert torch.equal(tiles_n.long(), ks >> 32) and torch.equal(ids_n, ids)
+    assert torch.equal(K.tile_ranges(tiles_n, n_tiles), rt) and torch.equal(T.tile_ranges(tiles_t, n_tiles), rt)
+
+
+def test_tile_major_sort_keeps_depth_order_and_ties():
+    # equal depths keep the Gaussians' index order in both sorts; the nearest comes first
+    means2d = torch.tensor([[8.0, 8.0], [9.0, 8.0], [7.0, 9.0], [20.0, 8.0]], device=DEV)
+    radii = torch.tensor([10, 10, 10, 5], dtype=torch.int32, device=DEV)
+    depths = torch.tensor([2.0, 1.0, 2.0, 1.5], device=DEV)
+    tiles, ids = K.bin_and_sort(means2d, radii, depths, 32, 16)
+    assert tiles.tolist() == [0, 0, 0, 0, 1, 1, 1, 1]
+    assert ids.tolist() == [1, 3, 0, 2, 1, 3, 0, 2]          # depth 1, 1.5, then the tie 0 before 2
 
 
 def test_render_numba_matches_torch_on_awkward_scene():
@@ -346,7 +362,7 @@ def test_bad_inputs_get_clear_errors():
     with pytest.raises(ValueError, match="degree"):
         K.sh_to_color(g.sh, g.means, cam.position, 4)
     with pytest.raises(TypeError, match="int64"):
-        K.tile_ranges(torch.zeros(3, dtype=torch.int32, device=DEV), 4)
+        K.tile_ranges(torch.zeros(3, dtype=torch.float32, device=DEV), 4)
     with pytest.raises(ValueError, match="ranges"):
         K.rasterize_tiles(torch.zeros(2, 6, device=DEV), torch.zeros(2, 3, device=DEV), torch.zeros(3, device=DEV),
                           torch.zeros(3, 2, dtype=torch.int32, device=DEV), torch.zeros(0, dtype=torch.int32, device=DEV),
@@ -382,9 +398,11 @@ def test_gpu_full_hd_numba_matches_torch():
     kt, it = T.bin_gaussians(p.means2d, p.radii, p.depths, 1920, 1080)
     kn, i_n = K.bin_gaussians(p.means2d, p.radii, p.depths, 1920, 1080)
     assert torch.equal(kt, kn) and torch.equal(it, i_n)
-    ks, _ = T.sort_keys(kt, it)
+    ks, ids = T.sort_keys(kt, it)
     n_tiles = math.prod(splat.tile_grid(1920, 1080))
     assert torch.equal(T.tile_ranges(ks, n_tiles), K.tile_ranges(ks, n_tiles))
+    tiles, ids_n = K.bin_and_sort(p.means2d, p.radii, p.depths, 1920, 1080)
+    assert torch.equal(tiles.long(), ks >> 32) and torch.equal(ids_n, ids)
 
 
 @pytest.mark.gpu
