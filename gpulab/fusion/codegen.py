@@ -15,10 +15,17 @@ them all:
 * ``read_pixel(src, g, i)``: the reading op (plain, crop, or crop + bilinear resize);
 * ``transform(px, p)``: the map ops, one line per op and channel: this is the fusion;
 * ``store_pixel`` (maps) or ``combine`` + ``finish_block`` (a final reduction);
-* ``map_tile`` / ``reduce_tile``: a tile of ``UNROLL * BLOCK`` pixels, every load issued
-  before any math so each thread keeps ``UNROLL`` memory requests in flight;
-* the kernel: a grid-stride loop over tiles (vertical fusion of one input), or one tile
-  per block looked up in a tile table (horizontal fusion of a batch of items).
+* ``map_tile`` / ``reduce_tile``: a tile of ``per_thread * BLOCK`` pixels, every load
+  issued before any math so each thread keeps ``per_thread`` memory requests in flight;
+* the kernel: one tile per block or a grid-stride loop over tiles (vertical fusion of one
+  input), or one tile per block looked up in a tile table (horizontal fusion of a batch).
+
+How the pixels are spread over threads is a :class:`Schedule` (pixels per thread, one tile
+per block or a grid-stride loop, signed or unsigned index arithmetic); it changes the speed,
+never the numbers. Indices are unsigned by default (``ix`` is ``uint64`` in the generated
+code): numba wraps a *signed* negative index around (``x[-1]``) and pays for it on every
+access, three 64-bit instructions before each load and store; an unsigned index cannot be
+negative, so that code disappears and neighbouring accesses share one address.
 """
 from __future__ import annotations
 
@@ -33,15 +40,15 @@ from .. import runtime
 from ..launch import kernel as _gpulab_kernel
 from .ops import Op
 
-__all__ = ["BLOCK", "UNROLL", "TILE", "GEOMETRY_FIELDS", "ChainSpec", "generate_source",
-           "compiled_kernel", "cache_info", "clear_cache"]
+__all__ = ["BLOCK", "UNROLL", "TILE", "GEOMETRY_FIELDS", "Schedule", "DEFAULT_SCHEDULE", "ChainSpec",
+           "generate_source", "compiled_kernel", "cache_info", "clear_cache"]
 
 #: threads per block (a power of two, for the reduction tree); small under the simulator,
 #: where every thread is a Python thread
 BLOCK = runtime.pick(32, 256)
-#: pixels each thread handles per tile: its loads are all in flight at once
+#: pixels each thread handles per tile (the default schedule's): its loads are all in flight at once
 UNROLL = 4
-#: pixels per tile (one block's share of one step)
+#: pixels per tile (one block's share of one step) of the default schedule and of every batch
 TILE = BLOCK * UNROLL
 
 #: the columns of the int32 geometry table, one row per item; offsets count elements
@@ -50,13 +57,46 @@ GEOMETRY_FIELDS = ("IN_OFF", "IN_H", "IN_W", "TOP", "LEFT", "CROP_H", "CROP_W",
 
 
 @dataclass(frozen=True)
+class Schedule:
+    """How a vertically fused kernel spreads the pixels over threads (never what it computes).
+
+    ``per_thread``: pixels per thread and tile, ``BLOCK`` apart so that a warp's accesses are
+    coalesced; all its loads are issued before any math. ``grid_stride``: a fixed grid of a
+    few blocks per multiprocessor loops over the tiles (``True``), or one block per tile
+    (``False``). ``unsigned_index``: index arithmetic in ``uint64`` (no negative-index
+    wraparound code) or, as numba does by default, in ``int64``.
+    """
+    per_thread: int = UNROLL
+    grid_stride: bool = False
+    unsigned_index: bool = True
+
+    def __post_init__(self):
+        if not isinstance(self.per_thread, int) or not 1 <= self.per_thread <= 16:
+            raise ValueError(f"Schedule.per_thread must be an int from 1 to 16, got {self.per_thread!r}")
+
+    @property
+    def tile(self) -> int:
+        """Pixels per tile: one block's share of one step."""
+        return BLOCK * self.per_thread
+
+
+#: The schedule a Pipeline uses unless told otherwise (a batch always uses TILE-pixel tiles,
+#: 4 per thread, one per block). On a GPU: the fastest of the candidates timed on an H200
+#: (benchmarks/results/03_kernel_fusion.md, section "Schedules"). Under the simulator, where
+#: every thread is a Python thread, a grid-stride loop over a 2-block grid, so that a test
+#: runs 64 threads instead of one per 4 pixels (the numbers are the same either way).
+DEFAULT_SCHEDULE = runtime.pick(Schedule(UNROLL, True, True), Schedule(UNROLL, False, True))
+
+
+@dataclass(frozen=True)
 class ChainSpec:
     """Everything the generated source depends on (and so the key of the kernel cache)."""
     ops: tuple            # Op.key() of each operation, in order
     channels: int         # channels of the input pixels
     in_dtype: str         # "float32" or "uint8"
-    batched: bool         # one item per launch (grid-stride) or a batch (tile table)
+    batched: bool         # one item per launch or a batch (tile table)
     fastmath: bool        # approximate exp and division, flush denormals (numba's fastmath)
+    schedule: Schedule    # how pixels are spread over threads
 
 
 # ----------------------------------------------------------------- naming
@@ -94,20 +134,24 @@ def _load_geometry_src() -> str:
 
 
 def _read_src(read_ops: list[Op], channels: int) -> str:
-    names = ["c%d" % c for c in range(channels)]
     kinds = [op.name for op in read_ops]
     if not kinds:
-        body = [f"base = g[IN_OFF] + i * {channels}" if channels > 1 else "base = g[IN_OFF] + i"]
-        body.append("return " + _tuple(f"src[base + {c}]" if c else "src[base]" for c in range(channels)))
+        step = f" * ix({channels})" if channels > 1 else ""
+        body = [f"base = ix(g[IN_OFF]) + i{step}"]
+        body.append("return " + _tuple(f"src[base + ix({c})]" if c else "src[base]" for c in range(channels)))
         return _device("read_pixel", "src, g, i", "Pixel i, straight from the input.", body)
+    # crops and resizes work on rows and columns: signed arithmetic (int64), then one
+    # unsigned (ix) index per access
     if kinds == ["crop"]:
-        body = ["y = i // g[OUT_W]          # row and column of pixel i in the crop",
+        body = ["i = int64(i)",
+                "y = i // g[OUT_W]          # row and column of pixel i in the crop",
                 "x = i - y * g[OUT_W]",
-                f"base = g[IN_OFF] + ((g[TOP] + y) * g[IN_W] + g[LEFT] + x) * {channels}",
-                "return " + _tuple(f"src[base + {c}]" for c in range(channels))]
+                f"base = ix(g[IN_OFF] + ((g[TOP] + y) * g[IN_W] + g[LEFT] + x) * {channels})",
+                "return " + _tuple(f"src[base + ix({c})]" if c else "src[base]" for c in range(channels))]
         return _device("read_pixel", "src, g, i", "Pixel i of the crop rectangle.", body)
     # a bilinear resize of the crop rectangle (the whole image when there is no crop)
     body = [
+        "i = int64(i)",
         "oy = i // g[OUT_W]",
         "ox = i - oy * g[OUT_W]",
         "# where the output pixel's centre falls in the source, clamped at 0 (align_corners=False)",
@@ -122,9 +166,9 @@ def _read_src(read_ops: list[Op], channels: int) -> str:
         f"row0 = g[IN_OFF] + ((g[TOP] + y0) * g[IN_W] + g[LEFT]) * {channels}",
         f"row1 = g[IN_OFF] + ((g[TOP] + y1) * g[IN_W] + g[LEFT]) * {channels}",
     ]
-    for c, n in enumerate(names):
-        a, b = f"float32(src[row0 + x0 * {channels} + {c}])", f"float32(src[row0 + x1 * {channels} + {c}])"
-        d, e = f"float32(src[row1 + x0 * {channels} + {c}])", f"float32(src[row1 + x1 * {channels} + {c}])"
+    for c in range(channels):
+        a, b = f"float32(src[ix(row0 + x0 * {channels} + {c})])", f"float32(src[ix(row0 + x1 * {channels} + {c})])"
+        d, e = f"float32(src[ix(row1 + x0 * {channels} + {c})])", f"float32(src[ix(row1 + x1 * {channels} + {c})])"
         body += [f"top{c} = (float32(1.0) - wx) * {a} + wx * {b}",
                  f"bottom{c} = (float32(1.0) - wx) * {d} + wx * {e}"]
     body.append("return " + _tuple(f"(float32(1.0) - wy) * top{c} + wy * bottom{c}" for c in range(channels)))
@@ -146,54 +190,54 @@ def _transform_src(map_ops: list[Op], channels: int, param_slices: list[range], 
 
 def _store_src(channels: int) -> str:
     if channels == 1:
-        body = ["dst[g[OUT_OFF] + i] = px[0]"]
+        body = ["dst[ix(g[OUT_OFF]) + i] = px[0]"]
     else:
-        body = [f"base = g[OUT_OFF] + i * {channels}"]
-        body += [f"dst[base + {c}] = px[{c}]" for c in range(channels)]
+        body = [f"base = ix(g[OUT_OFF]) + i * ix({channels})"]
+        body += [f"dst[base + ix({c})] = px[{c}]" if c else "dst[base] = px[0]" for c in range(channels)]
     return _device("store_pixel", "dst, g, i, px", "Write pixel i of the output.", body)
 
 
-_MAP_TILE = '''\
-@cuda.jit(device=True)
-def map_tile(src, dst, g, p, first, n):
-    """Pixels first, first + BLOCK, ..., first + (UNROLL - 1) * BLOCK of an item."""
-    if first + 3 * BLOCK < n:
-        # a full tile: all four loads are issued before any math, so the thread has four
-        # memory requests in flight (neighbouring threads read neighbouring pixels: coalesced)
-        a = read_pixel(src, g, first)
-        b = read_pixel(src, g, first + BLOCK)
-        c = read_pixel(src, g, first + 2 * BLOCK)
-        d = read_pixel(src, g, first + 3 * BLOCK)
-        store_pixel(dst, g, first, transform(a, p))
-        store_pixel(dst, g, first + BLOCK, transform(b, p))
-        store_pixel(dst, g, first + 2 * BLOCK, transform(c, p))
-        store_pixel(dst, g, first + 3 * BLOCK, transform(d, p))
-    else:
-        # the item's last, partial tile: one pixel at a time, each bounds-checked
-        for k in range(UNROLL):
-            i = first + k * BLOCK
-            if i < n:
-                store_pixel(dst, g, i, transform(read_pixel(src, g, i), p))'''
+def _offset(k: int) -> str:
+    """The index of a thread's k-th pixel in its tile: k blocks after its first."""
+    return "first" if k == 0 else ("first + ix(BLOCK)" if k == 1 else f"first + ix({k} * BLOCK)")
 
-_REDUCE_TILE = '''\
-@cuda.jit(device=True)
-def reduce_tile(src, g, p, first, n, acc):
-    """Fold pixels first, first + BLOCK, ... (UNROLL of them) of an item into acc."""
-    if first + 3 * BLOCK < n:
-        a = read_pixel(src, g, first)          # four loads in flight, as in map_tile
-        b = read_pixel(src, g, first + BLOCK)
-        c = read_pixel(src, g, first + 2 * BLOCK)
-        d = read_pixel(src, g, first + 3 * BLOCK)
-        acc = combine(acc, transform(a, p))
-        acc = combine(acc, transform(b, p))
-        acc = combine(acc, transform(c, p))
-        acc = combine(acc, transform(d, p))
+
+def _tile_src(per_thread: int, reduction: bool) -> str:
+    """map_tile (or reduce_tile): a thread's per_thread pixels of one tile."""
+    last = _offset(per_thread - 1)
+    if reduction:
+        head = ["@cuda.jit(device=True)", "def reduce_tile(src, g, p, first, n, acc):",
+                f'    """Fold pixels first, first + BLOCK, ... ({per_thread} of them) of an item into acc."""']
+        use = lambda px: f"acc = combine(acc, transform({px}, p))"   # noqa: E731
     else:
-        for k in range(UNROLL):
-            i = first + k * BLOCK
-            if i < n:
-                acc = combine(acc, transform(read_pixel(src, g, i), p))
-    return acc'''
+        head = ["@cuda.jit(device=True)", "def map_tile(src, dst, g, p, first, n):",
+                f'    """Pixels first, first + BLOCK, ... ({per_thread} of them) of an item."""']
+        use = None
+    lines = list(head)
+    if per_thread == 1:
+        lines += ["    if first < n:"]
+        lines += ["        acc = combine(acc, transform(read_pixel(src, g, first), p))" if reduction else
+                  "        store_pixel(dst, g, first, transform(read_pixel(src, g, first), p))"]
+    else:
+        lines += [f"    if {last} < n:",
+                  f"        # a full tile: all {per_thread} loads are issued before any math, so the thread has",
+                  f"        # {per_thread} memory requests in flight (neighbouring threads read neighbouring pixels: coalesced)"]
+        lines += [f"        a{k} = read_pixel(src, g, {_offset(k)})" for k in range(per_thread)]
+        if reduction:
+            lines += [f"        {use(f'a{k}')}" for k in range(per_thread)]
+        else:
+            lines += [f"        store_pixel(dst, g, {_offset(k)}, transform(a{k}, p))" for k in range(per_thread)]
+        lines += ["    else:",
+                  "        # the item's last, partial tile: one pixel at a time, each bounds-checked",
+                  f"        for k in range({per_thread}):",
+                  "            i = first + ix(k) * ix(BLOCK)",
+                  "            if i < n:",
+                  "                acc = combine(acc, transform(read_pixel(src, g, i), p))" if reduction else
+                  "                store_pixel(dst, g, i, transform(read_pixel(src, g, i), p))"]
+    if reduction:
+        lines.append("    return acc")
+    return "\n".join(lines)
+
 
 _REDUCTIONS = {
     # name: (identity, how two partial values combine, atomic used for the block's result)
@@ -229,41 +273,44 @@ def _finish_block_src(name: str, channels: int) -> str:
                    f"Combine the block's {BLOCK} partial results, then fold them into dst[item].", body)
 
 
-def _kernel_src(name: str, reduction: str | None, batched: bool, out_channels: int) -> str:
+def _kernel_src(name: str, reduction: str | None, batched: bool, out_channels: int, grid_stride: bool) -> str:
     lines = ["@kernel"]
     args = "src, dst, geom, params, tiles" if batched else "src, dst, geom, params"
     lines.append(f"def {name}({args}):")
     if batched:
         doc = "Horizontal fusion: block b does tile tiles[b, 1] of item tiles[b, 0]."
-    else:
+    elif grid_stride:
         doc = "Vertical fusion: one item, a grid-stride loop over its tiles."
+    else:
+        doc = "Vertical fusion: one item, one tile per block."
     lines.append(f'    """{doc}"""')
     lines.append("    p = load_params(params)")
     if reduction:
         lines.append(f"    partial = cuda.shared.array(({out_channels}, BLOCK), float32)")
         identity = _REDUCTIONS[reduction][0]
         lines.append(f"    acc = {_tuple([identity] * out_channels)}")
+    tile_call = "acc = reduce_tile(src, g, p, {first}, n, acc)" if reduction else "map_tile(src, dst, g, p, {first}, n)"
     if batched:
         lines += ["    item = tiles[cuda.blockIdx.x, 0]",
                   "    g = load_geometry(geom, item)",
-                  "    first = tiles[cuda.blockIdx.x, 1] * TILE + cuda.threadIdx.x"]
+                  "    n = ix(g[N_OUT])",
+                  "    first = ix(tiles[cuda.blockIdx.x, 1]) * ix(TILE) + ix(cuda.threadIdx.x)",
+                  "    " + tile_call.format(first="first")]
         if reduction:
-            lines += ["    acc = reduce_tile(src, g, p, first, g[N_OUT], acc)",
-                      "    finish_block(partial, acc, dst, item, g[N_OUT])"]
-        else:
-            lines.append("    map_tile(src, dst, g, p, first, g[N_OUT])")
+            lines.append("    finish_block(partial, acc, dst, item, g[N_OUT])")
+        return "\n".join(lines)
+    lines += ["    g = load_geometry(geom, 0)",
+              "    n = ix(g[N_OUT])"]
+    if grid_stride:
+        lines += ["    tile = ix(cuda.blockIdx.x)",
+                  "    while tile * ix(TILE) < n:   # a fixed grid (a few blocks per SM) covers any n",
+                  "        " + tile_call.format(first="tile * ix(TILE) + ix(cuda.threadIdx.x)"),
+                  "        tile += ix(cuda.gridDim.x)"]
     else:
-        lines += ["    g = load_geometry(geom, 0)",
-                  "    n = g[N_OUT]",
-                  "    tile = cuda.blockIdx.x",
-                  "    while tile * TILE < n:   # a fixed grid (a few blocks per SM) covers any n"]
-        if reduction:
-            lines.append("        acc = reduce_tile(src, g, p, tile * TILE + cuda.threadIdx.x, n, acc)")
-        else:
-            lines.append("        map_tile(src, dst, g, p, tile * TILE + cuda.threadIdx.x, n)")
-        lines.append("        tile += cuda.gridDim.x")
-        if reduction:
-            lines.append("    finish_block(partial, acc, dst, 0, n)")
+        lines.append("    " + tile_call.format(first="ix(cuda.blockIdx.x) * ix(TILE) + ix(cuda.threadIdx.x)")
+                     + "   # one block per tile")
+    if reduction:
+        lines.append("    finish_block(partial, acc, dst, 0, g[N_OUT])")
     return "\n".join(lines)
 
 
@@ -272,13 +319,26 @@ def kernel_name(ops: list[Op], batched: bool) -> str:
     return "fused_" + "_".join(names)[:80] + ("_batch" if batched else "")
 
 
+def effective_schedule(ops: list[Op], batched: bool, schedule: Schedule | None) -> Schedule:
+    """The schedule a kernel really gets: a batch always has TILE-pixel tiles, one per block
+    (its tile table is made with TILE), and a reduction always loops over a fixed grid (one
+    atomic per block, so few blocks)."""
+    schedule = schedule or DEFAULT_SCHEDULE
+    if batched:
+        return Schedule(UNROLL, False, schedule.unsigned_index)
+    if any(op.kind == "reduce" for op in ops):
+        return Schedule(schedule.per_thread, True, schedule.unsigned_index)
+    return schedule
+
+
 def generate_source(ops: list[Op], channels: int, in_dtype: torch.dtype, batched: bool,
-                    fastmath: bool = False) -> str:
+                    fastmath: bool = False, schedule: Schedule | None = None) -> str:
     """The Python source of the fused kernel for ``ops`` (already validated by the pipeline).
 
     ``fastmath=True`` compiles with numba's fastmath: approximate ``exp`` and division and
     flushed denormals, a few times fewer instructions for ``sigmoid``/``tanh`` (results then
-    differ from torch by a few ulps more)."""
+    differ from torch by a few ulps more). ``schedule``: see :class:`Schedule`."""
+    schedule = effective_schedule(ops, batched, schedule)
     reads = [op for op in ops if op.kind == "read"]
     maps = [op for op in ops if op.kind == "map"]
     reduction = next((op.name for op in ops if op.kind == "reduce"), None)
@@ -291,21 +351,28 @@ def generate_source(ops: list[Op], channels: int, in_dtype: torch.dtype, batched
         out_channels = op.channels_after(out_channels)
     label = " -> ".join(repr(op) for op in ops) or "copy"
     dtype = str(in_dtype).removeprefix("torch.")
+    if batched:
+        layout = "a batch of items, one tile per block"
+    else:
+        layout = "one item, " + ("a grid-stride loop over tiles" if schedule.grid_stride else "one tile per block")
+    index = "uint64 (unsigned: no negative-index wraparound)" if schedule.unsigned_index else "int64 (numba's default)"
     header = [
         "# Generated by gpulab.fusion for the chain",
         f"#     {label}",
-        f"# input: {channels} channel(s) of {dtype}; "
-        + ("a batch of items, one tile per block" if batched else "one item, grid-stride loop"),
+        f"# input: {channels} channel(s) of {dtype}; {layout}",
+        f"# TILE = {schedule.tile} pixels: BLOCK = {BLOCK} threads x {schedule.per_thread} pixels each; "
+        f"indices: ix = {index}",
         "# Every intermediate value stays in registers: the input is read once, the output written once.",
     ]
     pieces = ["\n".join(header), _load_params_src(start), _load_geometry_src(),
               _read_src(reads, channels),
               _transform_src(maps, channels, slices, " -> ".join(repr(op) for op in maps) or "nothing")]
     if reduction:
-        pieces += [_combine_src(reduction, out_channels), _finish_block_src(reduction, out_channels), _REDUCE_TILE]
+        pieces += [_combine_src(reduction, out_channels), _finish_block_src(reduction, out_channels)]
     else:
-        pieces += [_store_src(out_channels), _MAP_TILE]
-    pieces.append(_kernel_src(kernel_name(ops, batched), reduction, batched, out_channels))
+        pieces.append(_store_src(out_channels))
+    pieces.append(_tile_src(schedule.per_thread, reduction is not None))
+    pieces.append(_kernel_src(kernel_name(ops, batched), reduction, batched, out_channels, schedule.grid_stride))
     source = "\n\n\n".join(pieces) + "\n"
     if fastmath:
         source = (source.replace("@cuda.jit(device=True)", "@cuda.jit(device=True, fastmath=True)")
@@ -320,32 +387,36 @@ _STATS = {"hits": 0, "compiled": 0}
 _counter = itertools.count()
 
 
-def _namespace() -> dict:
-    from numba import cuda, float32, uint8
+def namespace(schedule: Schedule) -> dict:
+    """The names the generated source uses besides its own functions."""
+    from numba import cuda, float32, int64, uint8, uint64
 
-    ns = {"cuda": cuda, "float32": float32, "uint8": uint8, "math": math, "kernel": _gpulab_kernel,
-          "BLOCK": BLOCK, "UNROLL": UNROLL, "TILE": TILE}
+    ns = {"cuda": cuda, "float32": float32, "int64": int64, "uint8": uint8, "math": math,
+          "kernel": _gpulab_kernel, "BLOCK": BLOCK, "TILE": schedule.tile,
+          "ix": uint64 if schedule.unsigned_index else int64}
     ns.update({f: k for k, f in enumerate(GEOMETRY_FIELDS)})
     return ns
 
 
 def compiled_kernel(ops: list[Op], channels: int, in_dtype: torch.dtype, batched: bool,
-                    fastmath: bool = False):
+                    fastmath: bool = False, schedule: Schedule | None = None):
     """The gpulab kernel for this chain, generated and ``exec``-ed on first use, then cached."""
-    key = ChainSpec(tuple(op.key() for op in ops), channels, str(in_dtype), batched, bool(fastmath))
+    schedule = effective_schedule(ops, batched, schedule)
+    key = ChainSpec(tuple(op.key() for op in ops), channels, str(in_dtype), batched, bool(fastmath), schedule)
     found = _CACHE.get(key)
     if found is not None:
         _STATS["hits"] += 1
         return found
-    source = generate_source(ops, channels, in_dtype, batched, fastmath)
+    source = generate_source(ops, channels, in_dtype, batched, fastmath, schedule)
     # register the text under a made-up file name so inspect.getsource, tracebacks and
     # numba's error messages can show the generated lines
     filename = f"<gpulab.fusion kernel {next(_counter)}>"
     linecache.cache[filename] = (len(source), None, source.splitlines(True), filename)
-    namespace = _namespace()
-    exec(compile(source, filename, "exec"), namespace)
-    fused = namespace[kernel_name(ops, batched)]
+    scope = namespace(schedule)
+    exec(compile(source, filename, "exec"), scope)
+    fused = scope[kernel_name(ops, batched)]
     fused.generated_source = source
+    fused.schedule = schedule
     _CACHE[key] = fused
     _STATS["compiled"] += 1
     return fused

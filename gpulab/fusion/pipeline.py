@@ -27,7 +27,7 @@ import torch.nn.functional as F
 from .. import runtime
 from ..harness import reference
 from . import codegen
-from .codegen import BLOCK, TILE, GEOMETRY_FIELDS
+from .codegen import BLOCK, TILE, GEOMETRY_FIELDS, Schedule
 from .ops import Op
 
 __all__ = ["Pipeline", "Batch", "reference_chain", "max_blocks"]
@@ -36,9 +36,12 @@ _DTYPES = (torch.float32, torch.uint8)
 _MAX_INDEX = 2**31 - 1          # the geometry table is int32
 
 
-#: blocks per multiprocessor of the fused chain's grid: on the H200 a sweep of 2..32 found
-#: 32 fastest (0.142 ms against 0.158 ms at 8, 2^26 floats; benchmarks/results/03_kernel_fusion.md)
+#: blocks per multiprocessor of a grid-stride schedule's grid (the reductions', and
+#: Schedule(grid_stride=True)): on the H200 a sweep of 2..32 found 32 fastest (0.142 ms
+#: against 0.158 ms at 8, 2^26 floats, 2026-12-01)
 CHAIN_BLOCKS_PER_SM = 32
+#: launch plans a pipeline keeps (one per input shape, dtype, device and crop)
+_MAX_PLANS = 256
 
 
 def max_blocks(blocks_per_sm: int = 8) -> int:
@@ -57,6 +60,17 @@ def _sm_count() -> int:
 def _device_table(rows: tuple, dtype=torch.int32) -> torch.Tensor:
     """A small int32 table on the device, made once per distinct content (no copy per launch)."""
     return torch.tensor(rows, dtype=dtype).to(runtime.device)
+
+
+@dataclass
+class _LaunchPlan:
+    """What a call on inputs of one shape needs, worked out once: the configured kernel
+    (grid and block fixed), the geometry table on the device, the output's shape and dtype."""
+    launch: object            # fused[blocks, BLOCK]: call it with the arguments
+    geom: torch.Tensor
+    out_shape: tuple
+    out_dtype: torch.dtype
+    empty: bool               # nothing to compute (an empty map input)
 
 
 @dataclass
@@ -90,9 +104,15 @@ class Pipeline:
 
     ``fastmath=True`` compiles the fused kernel with approximate ``exp`` and division (fewer
     instructions for chains heavy in ``sigmoid``/``tanh``; slightly larger rounding errors).
+    ``schedule`` (a :class:`gpulab.fusion.Schedule`) spreads the pixels over threads
+    differently (for timing the alternatives; the numbers stay the same).
+
+    A call validates its input the first time it sees a shape (with that dtype, device and
+    crop) and keeps a *launch plan* for it, so calling again on the same shape costs a
+    dictionary lookup, the output's allocation and the launch.
     """
 
-    def __init__(self, *ops: Op, channels: int = 1, fastmath: bool = False):
+    def __init__(self, *ops: Op, channels: int = 1, fastmath: bool = False, schedule: Schedule | None = None):
         if len(ops) == 1 and isinstance(ops[0], (list, tuple)):
             ops = tuple(ops[0])
         if not isinstance(channels, int) or channels < 1:
@@ -104,6 +124,9 @@ class Pipeline:
         self.ops = tuple(ops)
         self.channels = channels
         self.fastmath = bool(fastmath)
+        if schedule is not None and not isinstance(schedule, Schedule):
+            raise TypeError(f"schedule must be a gpulab.fusion.Schedule, got {type(schedule).__name__}")
+        self.schedule = schedule
         self.reads = [op for op in ops if op.kind == "read"]
         self.maps = [op for op in ops if op.kind == "map"]
         self.reduction = next((op for op in ops if op.kind == "reduce"), None)
@@ -112,6 +135,7 @@ class Pipeline:
         self.params = torch.tensor([v for op in self.maps for v in op.params] or [0.0],
                                    dtype=torch.float32).to(runtime.device)
         self._kernels: dict = {}     # (input dtype, batched) -> compiled kernel, for fast repeat calls
+        self._plans: dict = {}       # (shape, dtype, device, crop, blocks_per_sm) -> _LaunchPlan
 
     # ------------------------------------------------------------ validation
     def _check_order(self) -> None:
@@ -201,7 +225,8 @@ class Pipeline:
         fused = self._kernels.get((in_dtype, batched))
         if fused is None:   # first use: validate, then fetch from (or add to) the global cache
             self.output_dtype(in_dtype)
-            fused = codegen.compiled_kernel(list(self.ops), self.channels, in_dtype, batched, self.fastmath)
+            fused = codegen.compiled_kernel(list(self.ops), self.channels, in_dtype, batched, self.fastmath,
+                                            self.schedule)
             self._kernels[(in_dtype, batched)] = fused
         return fused
 
@@ -209,29 +234,75 @@ class Pipeline:
         """The generated Python source of the fused kernel."""
         return self.kernel(in_dtype, batched).generated_source
 
-    def __call__(self, x: torch.Tensor, *, crop=None, blocks_per_sm: int = CHAIN_BLOCKS_PER_SM) -> torch.Tensor:
-        """Run the chain on ``x`` as one fused kernel. ``crop`` overrides the crop op's rectangle."""
+    def __call__(self, x: torch.Tensor, *, crop=None, out: torch.Tensor | None = None,
+                 blocks_per_sm: int | None = None) -> torch.Tensor:
+        """Run the chain on ``x`` as one fused kernel.
+
+        ``crop`` overrides the crop op's rectangle; ``out`` (optional) is a preallocated
+        contiguous output of the right shape and dtype, written in place and returned;
+        ``blocks_per_sm`` sets the grid of a grid-stride schedule (default
+        ``CHAIN_BLOCKS_PER_SM``).
+        """
+        try:   # the same shape as before: no validation, no geometry, no kernel lookup
+            plan = self._plans[(x.shape, x.dtype, x.device, crop, blocks_per_sm)]
+        except (KeyError, TypeError, AttributeError):
+            plan = self._plan(x, crop, blocks_per_sm)
+        if not x.is_contiguous():
+            x = x.contiguous()
+        if out is None:
+            out = (self._reduction_output(1) if self.reduction is not None else
+                   torch.empty(plan.out_shape, dtype=plan.out_dtype, device=x.device))
+        else:
+            self._check_out(out, plan, x.device)
+            if self.reduction is not None:
+                out.view(1, self.out_channels).fill_(self._identity())
+        if plan.empty:
+            return out
+        plan.launch(x.view(-1), out.view(-1) if self.reduction is None else out.view(1, self.out_channels),
+                    plan.geom, self.params)
+        return out[0] if self.reduction is not None and out.dim() == 2 else out
+
+    def _plan(self, x, crop, blocks_per_sm) -> _LaunchPlan:
+        """Validate an input of a new shape and work out its launch (see :class:`_LaunchPlan`)."""
         self._check_tensor(x)
-        x = x.contiguous()
+        if blocks_per_sm is not None and (isinstance(blocks_per_sm, bool) or not isinstance(blocks_per_sm, int)
+                                          or blocks_per_sm < 1):
+            raise ValueError(f"blocks_per_sm must be a positive int, got {blocks_per_sm!r}")
         row, out_shape = self._geometry(x, crop, 0, 0)
         n = row[-1]
         if max(x.numel(), n * self.out_channels) > _MAX_INDEX:
             raise ValueError(f"input of {x.numel()} elements is too large for int32 offsets")
-        out_dtype = self.output_dtype(x.dtype)
-        if self.reduction is not None:
-            out = self._reduction_output(1)
-        else:
-            out = torch.empty(out_shape, dtype=out_dtype, device=x.device)
-            if n == 0:
-                return out
-        blocks = max(1, min(math.ceil(n / TILE), max_blocks(blocks_per_sm)))
-        self.kernel(x.dtype)[blocks, BLOCK](x.reshape(-1), out.reshape(-1) if self.reduction is None else out,
-                                            _device_table((row,)), self.params)
-        return out[0] if self.reduction is not None else out
+        fused = self.kernel(x.dtype)
+        tile = fused.schedule.tile
+        blocks = max(1, math.ceil(n / tile))
+        if fused.schedule.grid_stride:   # a fixed grid of a few blocks per SM loops over the tiles
+            blocks = min(blocks, max_blocks(blocks_per_sm or CHAIN_BLOCKS_PER_SM))
+        plan = _LaunchPlan(fused[blocks, BLOCK], _device_table((row,)), out_shape, self.output_dtype(x.dtype),
+                           empty=(n == 0 and self.reduction is None))
+        if len(self._plans) >= _MAX_PLANS:
+            self._plans.clear()
+        try:
+            self._plans[(x.shape, x.dtype, x.device, crop, blocks_per_sm)] = plan
+        except TypeError:   # an unhashable crop (a list): fine, just not kept
+            pass
+        return plan
+
+    def _check_out(self, out, plan: _LaunchPlan, device) -> None:
+        want_shape = (self.out_channels,) if self.reduction is not None else plan.out_shape
+        want_dtype = torch.float32 if self.reduction is not None else plan.out_dtype
+        if not isinstance(out, torch.Tensor):
+            raise TypeError(f"out must be a torch.Tensor, got {type(out).__name__}")
+        if tuple(out.shape) != tuple(want_shape) or out.dtype != want_dtype or out.device != device:
+            raise ValueError(f"out must be a {want_dtype} tensor of shape {tuple(want_shape)} on {device}, "
+                             f"got {out.dtype} {tuple(out.shape)} on {out.device}")
+        if not out.is_contiguous():
+            raise ValueError("out must be contiguous (the kernel writes it as one flat array)")
+
+    def _identity(self) -> float:
+        return {"sum": 0.0, "mean": 0.0, "max": -math.inf, "min": math.inf}[self.reduction.name]
 
     def _reduction_output(self, items: int) -> torch.Tensor:
-        identity = {"sum": 0.0, "mean": 0.0, "max": -math.inf, "min": math.inf}[self.reduction.name]
-        return torch.full((items, self.out_channels), identity, dtype=torch.float32, device=runtime.device)
+        return torch.full((items, self.out_channels), self._identity(), dtype=torch.float32, device=runtime.device)
 
     def reference(self, x: torch.Tensor, *, crop=None) -> torch.Tensor:
         """The chain as a sequence of unfused torch ops (each one a kernel and a round trip to memory)."""

@@ -319,7 +319,8 @@ def make_batch(n_items: int, gen: torch.Generator | None = None, max_size: int |
     them); ``gains[k]`` is its float32 gain.
     """
     gen = gen or torch.Generator().manual_seed(0)
-    max_size = max_size or runtime.pick(5 * BLOCK, 20_000)
+    # item 0 is longer than the checks' largest grid covers (2 strides and some), on any device
+    max_size = max_size or runtime.pick(5 * BLOCK, 2 * (TASK_GRID + 1) * TASK_BLOCK + 17)
     sizes = torch.randint(0, max_size, (n_items,), generator=gen)
     sizes[0] = max_size        # one item needs several strides of the grid
     offsets = torch.zeros(n_items + 1, dtype=torch.int32)
