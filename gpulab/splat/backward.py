@@ -68,6 +68,16 @@ def warp_sum(value):
 
 
 @cuda.jit(device=True)
+def warp_max(value):
+    """Largest ``value`` over the warp, in every lane (a butterfly of xor shuffles)."""
+    offset = 16
+    while offset > 0:
+        value = max(value, cuda.shfl_xor_sync(_FULL_MASK, value, offset))
+        offset //= 2
+    return value
+
+
+@cuda.jit(device=True)
 def add_to_gaussian(out, g, col, value, warp_reduce):
     """``out[g, col] += value`` for a value every lane of the warp holds (zero where unused)."""
     if warp_reduce:
@@ -131,10 +141,15 @@ def raster_backward_kernel_for(n_channels: int, warp_reduce: bool = WARP_REDUCE)
             tile_last[0] = start - 1
         cuda.syncthreads()
         if inside:
-            cuda.atomic.max(tile_last, 0, last)
+            cuda.atomic.max(tile_last, 0, int32(last))
         cuda.syncthreads()
         stop = tile_last[0] + 1
         n_batches = (stop - start + BATCH - 1) // BATCH
+        # each warp skips what lies behind the last contributor of all its 32 pixels (gsplat's
+        # warp_bin_final); under the simulator, without shuffles, the tile's is used
+        warp_last = stop - 1
+        if warp_reduce:
+            warp_last = warp_max(last)
         for b in range(n_batches):
             batch_end = stop - b * BATCH                    # this batch: [batch_end - count, batch_end)
             count = min(BATCH, batch_end - start)
@@ -148,7 +163,8 @@ def raster_backward_kernel_for(n_channels: int, warp_reduce: bool = WARP_REDUCE)
                 for ch in range(n_channels):
                     batch_features[rank, ch] = features[g, ch]
             cuda.syncthreads()
-            for j in range(count):                          # every thread runs every j: warps stay whole
+            # back to front; every lane of a warp runs every j, so the warp stays whole
+            for j in range(max(0, batch_end - 1 - warp_last), count):
                 used = inside and batch_end - 1 - j <= last
                 alpha = _F0
                 gauss = _F0
