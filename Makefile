@@ -112,7 +112,7 @@ PY      ?= $(BIN)/python
 test-gpu: $(STAMP)
 	$(MAKE) gpu-checks PY=$(BIN)/python
 
-# On the GPU the full-size notebooks are the longest files: they go first, so that the
+# On the GPU the full-size notebooks are among the longest files: they go first, so that the
 # short test files fill the workers while they run instead of queueing behind them.
 GPU_TEST_PATHS = $(if $(CH),$(TEST_PATHS),solutions notebooks tests)
 gpu-checks:

@@ -64,10 +64,12 @@ def assert_twins_equal(torch_fn: Callable, numba_fn: Callable, make_inputs: Call
                        rtol: float = 1e-5) -> int:
     """Run both twins on fresh inputs for every size and require equal results.
 
-    ``make_inputs(size, generator)`` returns the positional arguments; each twin gets its
-    own copy, so a twin that writes into its inputs cannot hide a difference. Returns the
-    number of sizes compared (so a caller can assert it is not zero).
+    ``make_inputs(size, generator)`` returns the positional arguments (on the CPU); each
+    twin gets its own copy, so a twin that writes into its inputs cannot hide a difference,
+    and the numba twin's copy is on ``gpulab.runtime.device`` (the GPU in GPU mode). Returns
+    the number of sizes compared (so a caller can assert it is not zero).
     """
+    from gpulab import runtime
     if not callable(torch_fn) or not callable(numba_fn) or not callable(make_inputs):
         raise TypeError("assert_twins_equal needs two twins and an input maker, all callable")
     sizes = list(awkward_sizes() if sizes is None else sizes)
@@ -76,7 +78,7 @@ def assert_twins_equal(torch_fn: Callable, numba_fn: Callable, make_inputs: Call
     for size in sizes:
         generator = torch.Generator().manual_seed(seed + size)
         inputs = make_inputs(size, generator)
-        copies = [x.clone() if isinstance(x, torch.Tensor) else x for x in inputs]
+        copies = [x.clone().to(runtime.device) if isinstance(x, torch.Tensor) else x for x in inputs]
         expected = torch_fn(*inputs)
         actual = numba_fn(*copies)
         assert_same_result(expected, actual, f"{getattr(numba_fn, '__name__', 'twin')}(size={size})", atol, rtol)

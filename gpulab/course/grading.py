@@ -311,11 +311,35 @@ def _errored(cell) -> str | None:
     return None
 
 
+#: The grading guard's cell imports torch and numba (and on a GPU creates a CUDA context): on
+#: a loaded machine that can take longer than a learner's cell may, so it has its own limit.
+GUARD_TIMEOUT_S = 300.0
+
+
+class GuardNotInstalled(RuntimeError):
+    """The first, hidden cell (the guard) failed: nothing may run unguarded, so no cell runs."""
+
+
+def _run_guard(client, nb, cell_timeout: float) -> None:
+    client.timeout = max(cell_timeout, GUARD_TIMEOUT_S)
+    try:
+        client.execute_cell(nb.cells[0], 0)
+    except Exception as exc:       # a timeout or a dead kernel: the guard is not in place
+        raise GuardNotInstalled(f"{type(exc).__name__}: {exc}"[:500]) from None
+    finally:
+        client.timeout = cell_timeout
+    error = _errored(nb.cells[0])
+    if error is not None:
+        raise GuardNotInstalled(error[:500])
+
+
 def _run_cells(nb, workdir: Path, cell_timeout: float) -> dict[int, str]:
     """Execute the cells in order; return ``{cell index: error text}`` for failed cells.
 
-    Survives hangs and kernel deaths: a new kernel replays the cells that succeeded so
-    far (the first cell, the grading guard, always succeeds first) and goes on after the
+    Cell 0 is the grading guard. Every kernel runs it first (with its own time limit); if
+    it fails, :class:`GuardNotInstalled` is raised and no submitted cell runs, since a cell
+    that ran unguarded could read the solutions. Survives hangs and kernel deaths: a new
+    kernel runs the guard, replays the cells that succeeded so far and goes on after the
     cell that failed. A CUDA error (an out-of-bounds access on a real GPU, say) leaves the
     kernel's CUDA context broken for every later cell, so it is treated like a crash.
     nbclient files outputs by cell index, so every cell executed is the notebook's own
@@ -327,11 +351,13 @@ def _run_cells(nb, workdir: Path, cell_timeout: float) -> dict[int, str]:
     failures: dict[int, str] = {}
     succeeded: list[int] = []
     code_cells = [i for i, c in enumerate(nb.cells) if c.cell_type == "code"]
-    position = 0
+    assert code_cells and code_cells[0] == 0, "cell 0 must be the grading guard"
+    position = 1
     while position < len(code_cells):
         client = NotebookClient(nb, timeout=cell_timeout, allow_errors=True, interrupt_on_timeout=False,
                                 kernel_name="python3", resources={"metadata": {"path": str(workdir)}})
         with client.setup_kernel():
+            _run_guard(client, nb, cell_timeout)
             for index in succeeded:  # replay after a crash or a hang
                 client.execute_cell(nb.cells[index], index)
             while position < len(code_cells):
@@ -435,7 +461,10 @@ def grade_notebook(path: Path, solution: Path | None = None, cell_timeout: float
         for folder in ("notebooks", "exercises"):  # relative paths a notebook may use
             (workdir / folder).mkdir()
         shutil.copy(path, workdir / "exercises" / path.name)
-        failures = _run_cells(nb, workdir / "exercises", cell_timeout)
+        try:
+            failures = _run_cells(nb, workdir / "exercises", cell_timeout)
+        except GuardNotInstalled as exc:
+            return _ungraded(report, submission, f"the grader could not install its guard, so nothing was run: {exc}")
     for gid, index in graded_cells(nb).items():
         points, error = _points(nb.cells[index]), failures.get(index)
         report.tasks.append(TaskResult(gid, 0.0 if error else points, points, error is None, error or ""))

@@ -144,6 +144,8 @@ def _lab_setup_commands() -> list[str]:
             break
         setup.append(line)
     assert any("gpulab exercises" in line for line in setup), f"make lab no longer generates exercises:\n{out}"
+    if not (venv / "bin" / "gpulab").exists():   # e.g. the GPU image: gpulab on PYTHONPATH, not installed
+        pytest.skip(f"make lab needs the course installed in a venv ({venv}/bin/gpulab is missing)")
     return [line for line in setup if "gpulab exercises" in line]
 
 

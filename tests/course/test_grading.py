@@ -76,6 +76,26 @@ def test_grader_survives_hang_crash_and_peeking(tmp_path, capsys):
     assert " ".join(LONG_REASON.split()) in " ".join(text.split()), "the text report wraps, never cuts"
 
 
+@pytest.mark.parametrize("guard", ["raise RuntimeError('no guard today')", "import time; time.sleep(30)"],
+                         ids=["guard-fails", "guard-too-slow"])
+def test_nothing_runs_when_the_guard_is_not_installed(tmp_path, monkeypatch, guard):
+    # On a loaded GPU machine the guard cell once ran past the cell limit and the grader went
+    # on without it, so a cell that read the solution passed. Now no submitted cell runs.
+    course = tmp_path / "course"
+    (course / "solutions").mkdir(parents=True)
+    ran = tmp_path / "ran"
+    monkeypatch.setattr(grading, "_GUARD", guard + "\n# {blocked} {checks}\n")
+    monkeypatch.setattr(grading, "GUARD_TIMEOUT_S", 3.0)
+    nb = _notebook([nbformat.v4.new_code_cell(f"open({str(ran)!r}, 'w').write('x')"),
+                    _graded("assert True", "trivial", 2)])
+    sub = tmp_path / "a.ipynb"
+    nbformat.write(nb, sub)
+    report = grade_notebook(sub, cell_timeout=2, course_root=course, use_submission_checks=True)
+    assert (report.score, report.max_score) == (0, 2)
+    assert "could not install its guard" in report.error
+    assert not ran.exists(), "a submitted cell ran without the guard"
+
+
 def test_grader_restarts_the_kernel_after_a_cuda_error(tmp_path):
     # After an illegal memory access every later CUDA call in that process fails too; the
     # grader must give the next task a fresh kernel (here "broken" stands in for the
