@@ -1,12 +1,15 @@
 """Chapter 11's graded checks (gpulab.course.checks.ch11_moe) accept right answers written
-apart from the solution notebook and reject wrong ones: dropped or duplicated tokens,
-inclusive offsets, wrong segments, host compute, wrong weighting, wrong evictions.
+apart from the solution notebook and reject wrong ones: wrong weighting (task 1), wrong
+evictions (task 2), dropped or duplicated tokens, inclusive offsets, wrong segments, host
+compute (task 3), tiles never taken from the queue, wrong experts or rows (task 4).
 (tests/course/test_planted.py runs the planted wrong answers the module declares.)"""
 import math
+import re
 
 import pytest
 import torch
 from numba import cuda
+from numba import int32 as numba_int32
 
 import gpulab
 from gpulab.course.checks import ch11_moe as checks
@@ -14,7 +17,7 @@ from gpulab.course.feedback import TaskFailed
 from gpulab.moe import kernels as K, torch_impl as R
 from gpulab.moe.offload import HAND_TRACE, ExpertCache, LRUCache
 
-# ---------------------------------------------------------- task 1: permutation
+# ---------------------------------------------------------- task 3: permutation
 
 
 @gpulab.kernel
@@ -62,9 +65,9 @@ def good_permute(topk_idx, E):
     return counts, offsets, rows, slot_of
 
 
-def test_task1_accepts_an_atomic_kernel_solution():
-    checks.check_task1(good_permute)                  # its within-expert order is not the spec's: fine
-    checks.check_task1(good_permute, hidden=True)
+def test_permutation_accepts_an_atomic_kernel_solution():
+    checks.check_task3(good_permute)                  # its within-expert order is not the spec's: fine
+    checks.check_task3(good_permute, hidden=True)
 
 
 def _spec_outputs(topk_idx, E):
@@ -145,9 +148,9 @@ def three_outputs(topk_idx, E):
     (torch_shortcut, "as kernels"), (no_kernel, "launched no gpulab kernel"),
     (three_outputs, "returned 3 outputs, expected 4"), ("my_permute", "pass a callable"),
 ])
-def test_task1_rejects(wrong, words):
+def test_permutation_rejects(wrong, words):
     with pytest.raises(TaskFailed, match=words):
-        checks.check_task1(wrong)
+        checks.check_task3(wrong)
 
 
 # ------------------------------------------------------------ task 2: the cache
@@ -171,7 +174,7 @@ class GoodScore(ExpertCache):
         return min(options, key=lambda e: (self.S[layer][e], e)) if options else None
 
 
-def test_task2_accepts_a_correct_policy():
+def test_score_cache_accepts_a_correct_policy():
     checks.check_task2(GoodScore)
     checks.check_task2(GoodScore, hidden=True)
 
@@ -217,18 +220,18 @@ class LRU(LRUCache):
     (AlphaHalf, "use the alpha argument"), (LRU, "That is LRU"),
     (GoodScore(1, 4, 2), "pass a callable"), (GoodScore.observe, "pass your class"),
 ])
-def test_task2_rejects(wrong, words):
+def test_score_cache_rejects(wrong, words):
     with pytest.raises(TaskFailed, match=words):
         checks.check_task2(wrong)
 
 
-def test_task2_replays_the_lecture_hand_trace_first():
+def test_score_cache_replays_the_lecture_hand_trace_first():
     with pytest.raises(TaskFailed, match="the lecture's hand trace"):
         checks.check_task2(NoDecay)
     assert HAND_TRACE[0] == ([0.50, 0.30, 0.10, 0.10], [0, 1])
 
 
-def test_task2_traces_hold_no_tie_at_the_top_p_boundary():
+def test_score_cache_traces_hold_no_tie_at_the_top_p_boundary():
     # the task leaves such a tie open (either expert may be raised), so no trace may hold one;
     # the random traces draw continuous probabilities
     for trace in checks._TRACES + checks._HIDDEN_TRACES:
@@ -238,7 +241,7 @@ def test_task2_traces_hold_no_tie_at_the_top_p_boundary():
                 assert ranked[trace.top_p - 1] != ranked[trace.top_p], f"{trace}: step {step}"
 
 
-# ------------------------------------------------------------ task 3: combine
+# ------------------------------------------------------------ task 1: combine
 
 @gpulab.kernel
 def good_combine(y_sorted, slot_of, topk_weight, out):
@@ -284,24 +287,96 @@ def accumulates_into_out(y_sorted, slot_of, topk_weight, out):
                 out[t, c] += topk_weight[t, j] * y_sorted[slot_of[t, j], c]   # out was never zeroed
 
 
-def test_task3_accepts_a_correct_kernel():
-    checks.check_task3(good_combine)
+def test_combine_accepts_a_correct_kernel():
+    checks.check_task1(good_combine)
 
 
 @pytest.mark.parametrize("wrong, words", [
     (unweighted, "unweighted sum"), (swapped_weights, "weights are swapped"),
     (accumulates_into_out, "out starts as NaN"),
 ])
-def test_task3_rejects(wrong, words):
+def test_combine_rejects(wrong, words):
     with pytest.raises(TaskFailed, match=words):
-        checks.check_task3(wrong)
+        checks.check_task1(wrong)
 
 
-def test_task3_wants_a_kernel():
+def test_combine_wants_a_kernel():
     with pytest.raises(TaskFailed, match="kernel"):
-        checks.check_task3(lambda *a: None)
+        checks.check_task1(lambda *a: None)
 
 
-def test_task3_refuses_the_package_kernel():
+def test_combine_refuses_the_package_kernel():
     with pytest.raises(TaskFailed, match="package's own"):
-        checks.check_task3(K.combine_kernel)
+        checks.check_task1(K.combine_kernel)
+
+
+# ------------------------------------------------------------ task 4: persistent grouped GEMM
+
+QT = checks.QUEUE_TILE
+
+
+@gpulab.kernel
+def dot_per_thread_persistent(a, w, offsets, tile_group, tile_row_start, queue, out):
+    """Right, written apart from the solution: no shared-memory tiles, a plain dot product
+    per thread, the task numbered column tile first."""
+    task = cuda.shared.array(1, numba_int32)
+    leader = cuda.threadIdx.x == 0 and cuda.threadIdx.y == 0
+    row_tiles = tile_group.size
+    tasks = row_tiles * ((out.shape[1] + QT - 1) // QT)
+    while True:
+        if leader:
+            task[0] = cuda.atomic.add(queue, 0, 1)
+        cuda.syncthreads()
+        q = task[0]
+        cuda.syncthreads()
+        if q >= tasks:
+            return
+        r = q % row_tiles
+        g = tile_group[r]
+        if g >= 0:
+            row = tile_row_start[r] + cuda.threadIdx.y
+            col = (q // row_tiles) * QT + cuda.threadIdx.x
+            if row < offsets[g + 1] and col < out.shape[1]:
+                acc = 0.0
+                for kk in range(a.shape[1]):
+                    acc += a[row, kk] * w[g, kk, col]
+                out[row, col] = acc
+
+
+def test_persistent_gemm_accepts_a_kernel_written_apart():
+    checks.check_task4(dot_per_thread_persistent)
+
+
+def test_tile_table_covers_every_row_once_and_marks_spares():
+    offsets, group, start = checks.tile_table((3, 0, 6, 5), tile=4)
+    assert offsets.tolist() == [0, 3, 3, 9, 14]
+    assert group.tolist() == [0, 2, 2, 3, 3, -1, -1]          # 14 // 4 + 4 = 7 entries
+    assert start.tolist()[:5] == [0, 3, 7, 9, 13]
+
+
+def test_persistent_reference_is_the_per_expert_product():
+    g = torch.Generator().manual_seed(0)
+    a, w, offsets, group, start = checks._persistent_inputs(((2, 0, 3), 5, 4), g)
+    out = checks.persistent_gemm_reference.__wrapped__(a, w, offsets, group, start)
+    torch.testing.assert_close(out[:2], a[:2] @ w[0])
+    torch.testing.assert_close(out[2:], a[2:] @ w[2])
+
+
+def test_persistent_grids_are_smaller_than_the_work():
+    for size in checks.PERSISTENT_GEMM.sizes.sim[:1] + checks.PERSISTENT_GEMM.sizes.sim[2:]:
+        rows, K, N = size
+        tasks = (sum(rows) // QT + len(rows)) * math.ceil(N / QT)
+        assert checks.queue_blocks(size) < tasks, size
+
+
+@pytest.mark.parametrize("mistake, words", [
+    ("one_task", "keep taking tasks"), ("expert_0", "multiply by w[g]"), ("aligned_rows", "tile_row_start[r]"),
+])
+def test_persistent_gemm_rejects(mistake, words):
+    with pytest.raises(TaskFailed, match=re.escape(words)):
+        checks.check_task4(checks._make_persistent(mistake))
+
+
+def test_persistent_gemm_refuses_the_package_kernel():
+    with pytest.raises(TaskFailed, match="package's own"):
+        checks.check_task4(K.grouped_gemm_naive_kernel)

@@ -1,15 +1,23 @@
 """Graded checks of assignment 11 (solutions/11_moe.ipynb), on the checks engine.
 
-Task 1: ``my_permute(topk_idx, num_experts) -> (counts, offsets, sorted_assignment, slot_of)``:
+The tasks go from easy to hard:
+
+Task 1: ``combine_kernel(y_sorted, slot_of, topk_weight, out)``: the inverse permutation
+        with the routing weights, one thread per output element, 8x8 blocks.
+Task 2: ``MyScoreCache``, HybriMoE's score-based expert cache, replayed on traces: the
+        lecture's hand trace, traces worked so that ties, pinned experts and alpha decide
+        the evictions, and random ones.
+Task 3: ``my_permute(topk_idx, num_experts) -> (counts, offsets, sorted_assignment, slot_of)``:
         the histogram, the exclusive scan and the scatter that sort MoE assignments by
         expert, computed by the learner's kernels (the host only allocates and launches).
         Any order *within* an expert's rows is right (an atomic scatter gives one), so the
         check judges the permutation itself (:func:`permutation_problems`), not elementwise.
-Task 2: ``MyScoreCache``, HybriMoE's score-based expert cache, replayed on traces: the
-        lecture's hand trace, traces worked so that ties, pinned experts and alpha decide
-        the evictions, and random ones.
-Task 3: ``combine_kernel(y_sorted, slot_of, topk_weight, out)``: the inverse permutation
-        with the routing weights, one thread per output element, 8x8 blocks.
+Task 4: ``persistent_gemm_kernel(a, w, offsets, tile_group, tile_row_start, queue, out)``:
+        FlashMoE's core on one GPU, a persistent grouped GEMM. A grid far smaller than the
+        work stays resident; each block's leader takes the next (row tile, column tile)
+        task from an atomic counter, and the block computes that tile of its expert's
+        product ``out[rows of e] = a[rows of e] @ w[e]``, the tile table saying which
+        expert and rows a row tile holds.
 
 Each task declares its planted wrong answers at the end of this module; the engine
 (:mod:`.engine`) gives the NaN frames, the race recorder and the host-code rules.
@@ -24,20 +32,22 @@ import types
 from dataclasses import dataclass
 
 import torch
-from numba import cuda, float32
+from numba import cuda, float32, int32
 
+from ... import runtime
 from ...harness import mark_answers, reference
 from ...launch import kernel
 from ...moe import kernels as moe_kernels, torch_impl as spec
 from ...moe.offload import HAND_TRACE, ExpertCache, LRUCache, ScoreCache, cache_replay
 from .engine import FUNCTION, KERNEL, Hint, Planted, Sizes, Task
 
-__all__ = ["check_task1", "check_task2", "check_task3", "permutation_problems",
+__all__ = ["check_task1", "check_task2", "check_task3", "check_task4", "permutation_problems",
            "permutation_reference", "score_cache_reference", "COMBINE_TILE",
-           "PERMUTATION", "SCORE_CACHE", "COMBINE"]
+           "PERMUTATION", "SCORE_CACHE", "COMBINE", "PERSISTENT_GEMM", "QUEUE_TILE", "queue_blocks",
+           "persistent_gemm_reference", "tile_table"]
 
 
-# ------------------------------------------------------------------ task 1: permutation
+# ------------------------------------------------------------------ task 3: permutation
 
 def _permutation_inputs(size, gen):
     """Top-k expert ids, distinct per token. One middle expert is never chosen (its count
@@ -175,7 +185,7 @@ _PERMUTE_SHORTCUTS = [(torch, "bincount"), (torch, "argsort"), (torch, "sort"), 
                       (torch.Tensor, "cumsum"), (torch.Tensor, "bincount")]
 
 PERMUTATION = Task(
-    chapter="11", number=1, title="token permutation (histogram, exclusive scan, scatter)", kind=FUNCTION,
+    chapter="11", number=3, title="token permutation (histogram, exclusive scan, scatter)", kind=FUNCTION,
     reference=permutation_reference, make_inputs=_permutation_inputs,
     # (tokens, experts, top-k): 40 x 2 = 80 assignments outgrow one hard-coded block of 32 or 64
     # threads, 70 x 2 = 140 a grid hard-coded to 4 blocks of 32 (one of 256 shows at the GPU sizes)
@@ -188,7 +198,7 @@ PERMUTATION = Task(
                 "A row past the end: is the scan inclusive? offsets[e] must be where expert e STARTS "
                 "(offsets[0] = 0), and a row is offsets[e] plus the rank an atomic on cursor[e] returns")],
 )
-check_task1 = PERMUTATION.checker()
+check_task3 = PERMUTATION.checker()
 
 
 # ------------------------------------------------------------------ task 2: the expert cache
@@ -472,7 +482,7 @@ SCORE_CACHE = Task(
 check_task2 = SCORE_CACHE.checker()
 
 
-# ------------------------------------------------------------------ task 3: the combine
+# ------------------------------------------------------------------ task 1: the combine
 
 #: threads per block side of the combine's launch: (ceil(T / 8), ceil(H / 8)) blocks of 8x8
 COMBINE_TILE = 8
@@ -530,7 +540,7 @@ def _unwritten_columns_or_rows(case) -> bool:
 
 
 COMBINE = Task(
-    chapter="11", number=3, title="the combine kernel (inverse permutation + weighted sum)", kind=KERNEL,
+    chapter="11", number=1, title="the combine kernel (inverse permutation + weighted sum)", kind=KERNEL,
     reference=spec.combine, make_inputs=_combine_inputs,
     # (tokens, top-k, hidden): 20 x 12 spans 3 x 2 blocks of 8x8, and with t and c swapped
     # its threads cover 16 x 12 (told apart from block 0's 8 x 8 alone); 19 tokens, top-3
@@ -567,7 +577,172 @@ COMBINE = Task(
                      "The rows were read in token order: read y_sorted at row slot_of[t, j]"),
     ],
 )
-check_task3 = COMBINE.checker()
+check_task1 = COMBINE.checker()
+
+
+# ------------------------------------------------------------------ task 4: the persistent grouped GEMM
+
+#: side of a tile of task 4 (and of its thread block): 4 x 4 threads under the simulator
+QUEUE_TILE = runtime.pick(4, 16)
+
+
+def queue_blocks(size) -> int:
+    """Blocks of task 4's grid: far fewer than its tasks, and not the same at every size
+    (a kernel that does one task per block, or assumes a grid, shows)."""
+    rows_per_expert = size[0]
+    return runtime.pick(2 + sum(rows_per_expert) % 2, 48 + sum(rows_per_expert) % 17)
+
+
+def tile_table(rows_per_expert, tile: int = QUEUE_TILE):
+    """(offsets, tile_group, tile_row_start) for experts with these row counts: expert e owns
+    rows offsets[e]:offsets[e + 1] and ceil(rows / tile) row tiles; the table has
+    rows // tile + E entries (the bound the kernels size their grids by), -1 marking the
+    spare ones at its end."""
+    counts = torch.tensor(rows_per_expert, dtype=torch.int64)
+    E = counts.numel()
+    offsets = torch.zeros(E + 1, dtype=torch.int64)
+    offsets[1:] = torch.cumsum(counts, 0)
+    max_tiles = int(counts.sum()) // tile + E
+    tile_group = torch.full((max_tiles,), -1, dtype=torch.int32)
+    tile_row_start = torch.zeros(max_tiles, dtype=torch.int32)
+    t = 0
+    for e in range(E):
+        for first in range(int(offsets[e]), int(offsets[e + 1]), tile):
+            tile_group[t], tile_row_start[t] = e, first
+            t += 1
+    return offsets.to(torch.int32), tile_group, tile_row_start
+
+
+def _persistent_inputs(size, gen):
+    """Rows in expert order with their expert's products to do. Sizes: (rows per expert, K,
+    N), with an empty expert, experts whose rows end mid-tile (the last one too, so an
+    unguarded row runs past the end) and K, N that are not multiples of the tile."""
+    rows_per_expert, K, N = size
+    a = torch.randn(sum(rows_per_expert), K, generator=gen)
+    w = torch.randn(len(rows_per_expert), K, N, generator=gen) / max(K, 1) ** 0.5
+    return (a, w) + tile_table(rows_per_expert)
+
+
+@reference
+def persistent_gemm_reference(a, w, offsets, tile_group, tile_row_start):
+    """out[rows of e] = a[rows of e] @ w[e], in float64 (the tile table is the kernel's help)."""
+    out = torch.empty(a.shape[0], w.shape[2], dtype=a.dtype, device=a.device)
+    bounds = offsets.tolist()
+    for e in range(w.shape[0]):
+        lo, hi = bounds[e], bounds[e + 1]
+        out[lo:hi] = (a[lo:hi].double() @ w[e].double()).to(a.dtype)
+    return out
+
+
+def _launch_persistent(kernel_, inputs, outputs, size):
+    """A fresh queue (a counter at 0) and a small persistent grid of QUEUE_TILE^2-thread blocks."""
+    queue = torch.zeros(1, dtype=torch.int32, device=runtime.device)
+    kernel_[queue_blocks(size), (QUEUE_TILE, QUEUE_TILE)](*inputs, queue, outputs[0])
+
+
+def _tile_slices(case):
+    """(rows, columns) slices of every real (row tile, column tile) of the case."""
+    _, w, offsets, tile_group, tile_row_start = (x.cpu() for x in case.inputs)
+    N = w.shape[2]
+    for r, g in enumerate(tile_group.tolist()):
+        if g < 0:
+            continue
+        first = int(tile_row_start[r])
+        rows = slice(first, min(first + QUEUE_TILE, int(offsets[g + 1])))
+        for c0 in range(0, N, QUEUE_TILE):
+            yield rows, slice(c0, min(c0 + QUEUE_TILE, N))
+
+
+def _tiles_written(case) -> dict:
+    """How the real tiles were written: "whole", "none", "part" (a row of the tile only
+    partly written) and "rows" (some of its rows wholly written, others not at all)."""
+    tally = {"whole": 0, "none": 0, "part": 0, "rows": 0}
+    written = ~case.unwritten
+    if written.numel() == 0:
+        return tally
+    for rows, cols in _tile_slices(case):
+        tile = written[rows, cols]
+        if bool(tile.all()):
+            tally["whole"] += 1
+        elif not bool(tile.any()):
+            tally["none"] += 1
+        elif bool((tile.any(1) & ~tile.all(1)).any()):
+            tally["part"] += 1
+        else:
+            tally["rows"] += 1
+    return tally
+
+
+def _whole_tiles_missing(case) -> bool:
+    tally = _tiles_written(case)
+    return case.unwritten_only and tally["none"] > 0 and tally["part"] == tally["rows"] == 0
+
+
+def _tiles_partly_written(case) -> bool:
+    return _tiles_written(case)["part"] > 0
+
+
+def _rows_misplaced(case) -> bool:
+    """Every element written but some wrong, or tiles with whole rows missing: rows of a
+    tile went to the wrong place."""
+    if case.error is not None or case.findings or case.frame_touched:
+        return False
+    return not bool(case.unwritten.any()) or _tiles_written(case)["rows"] > 0
+
+
+def _threads_disagree(case) -> bool:
+    return any(f.kind == "divergent barrier" for f in case.findings)
+
+
+def _all_with_expert_0(a, w, offsets, tile_group, tile_row_start):
+    return (a.double() @ w[0].double()).to(a.dtype)
+
+
+def _k_tail_dropped(a, w, offsets, tile_group, tile_row_start):
+    """The products over the first K - K % QUEUE_TILE terms only."""
+    K = a.shape[1] - a.shape[1] % QUEUE_TILE
+    return persistent_gemm_reference.__wrapped__(a[:, :K].contiguous(), w[:, :K].contiguous(), offsets,
+                                                 tile_group, tile_row_start)
+
+
+PERSISTENT_GEMM = Task(
+    chapter="11", number=4, title="a persistent grouped GEMM: blocks pull tiles from a queue", kind=KERNEL,
+    reference=persistent_gemm_reference, make_inputs=_persistent_inputs,
+    # (rows per expert, K, N): 13 rows end mid-tile, so does the last expert (an unguarded
+    # row runs past the end); an empty expert; K = 9, N = 7 end mid-tile too. The grid has
+    # 2 or 3 blocks under the simulator for 8 to 28 tasks
+    # ((3, 0, 6, 5), 6, 5) goes first: its full tiles tell the mistakes apart (one element
+    # of a 1 x 1 output cannot)
+    sizes=Sizes(sim=[((3, 0, 6, 5), 6, 5), ((1,), 1, 1), ((9, 4, 0, 13, 1), 9, 7), ((17,), 5, 3)],
+                hidden=[((5, 7, 3), 7, 9), ((2, 0, 0, 11), 3, 6)],
+                gpu=[((1000, 0, 2049, 777, 300, 1, 512, 1023), 257, 129), ((4099,), 64, 17)]),
+    launch=_launch_persistent, rtol=1e-4, atol=1e-4, own_kernels=(moe_kernels,),
+    candidate_name="persistent_gemm_kernel", solution="persistent_gemm_kernel",
+    hints=[
+        Hint(lambda case: case.error is not None or case.frame_touched,
+             "Guard the rows: the rows of row tile r are tile_row_start[r] + ty, and they stop at "
+             "offsets[g + 1] (the next expert's rows, or the end of out); guard columns by out.shape[1]"),
+        Hint(_whole_tiles_missing,
+             "Whole tiles were never computed: the grid has far fewer blocks than tasks, so a persistent "
+             "block must keep taking tasks (the leader's q = cuda.atomic.add(queue, 0, 1)) until q reaches the "
+             "number of tasks, row tiles x column tiles"),
+        Hint(_tiles_partly_written,
+             "Tiles were only partly computed: only the block's leader takes a task, shares it through shared "
+             "memory (a cuda.syncthreads() after it), and the whole block computes that one tile"),
+        Hint.matches(_all_with_expert_0, "Every tile used expert 0's weights: row tile r belongs to expert "
+                                         "g = tile_group[r], so multiply by w[g]"),
+        Hint.matches(_k_tail_dropped, "The last partial step along K was dropped: loop k0 over range(0, K, "
+                                      "TILE) and load zeros past K"),
+        Hint(_threads_disagree,
+             "The block's threads disagreed on their task, so a cuda.syncthreads() is missing around "
+             "task[0]: the leader writes it, a barrier, everyone reads it, a barrier, and only then may the "
+             "leader take the next"),
+        Hint(_rows_misplaced,
+             "Rows went to the wrong place: row tile r covers rows tile_row_start[r] + ty (experts' rows "
+             "are not aligned to tiles), up to offsets[g + 1], times w[g] with g = tile_group[r]"),
+    ],
+)
+check_task4 = PERSISTENT_GEMM.checker()
 
 
 # ------------------------------------------------------------------ planted wrong answers
@@ -575,7 +750,7 @@ check_task3 = COMBINE.checker()
 # rejected with feedback containing its `expect` phrase.
 
 
-# -- task 1
+# -- task 3 (permutation)
 def _make_permutation_kernels(mistake=None):
     """(histogram, scan, scatter) kernels, right or with one mistake."""
     plain_histogram, inclusive, short_scan, unclaimed_row, token_ids = (
@@ -685,7 +860,7 @@ def _permute_by_argsort(topk_idx, num_experts):
     return counts, offsets, order, slot_of.view(topk_idx.shape)
 
 
-# -- task 2
+# -- task 2 (score cache)
 class _DelegatesToScoreCache(ExpertCache):
     """Wraps the package's ScoreCache instead of subclassing it."""
 
@@ -714,7 +889,7 @@ def _recompiled_score_cache():
     return namespace["RecompiledCache"]
 
 
-# -- task 3
+# -- task 1 (combine)
 def _make_combine(mistake=None):
     unweighted, no_drop_check, swapped_weights, into_out, thread_index, swapped_axes, off_by_one, \
         token_order, renormalized, positive_slot = (
@@ -765,6 +940,76 @@ def _combine_whole_row(y_sorted, slot_of, topk_weight, out):
             out[t, c] = acc
 
 
+# -- task 4 (persistent grouped GEMM)
+_QT = QUEUE_TILE
+
+
+def _make_persistent(mistake=None):
+    """Task 4's kernel, right or with one mistake (a shared-memory tiled product per task)."""
+    one_task, every_thread, no_sync_after_take, no_sync_before_next, expert_0, k_tail, no_row_guard, \
+        aligned_rows = (mistake == m for m in ("one_task", "every_thread", "no_sync_after_take",
+                                               "no_sync_before_next", "expert_0", "k_tail", "no_row_guard",
+                                               "aligned_rows"))
+
+    @kernel
+    def persistent(a, w, offsets, tile_group, tile_row_start, queue, out):
+        a_tile = cuda.shared.array((_QT, _QT), float32)
+        w_tile = cuda.shared.array((_QT, _QT), float32)
+        task = cuda.shared.array(1, int32)
+        ty = cuda.threadIdx.y
+        tx = cuda.threadIdx.x
+        leader = tx == 0 and ty == 0
+        K = a.shape[1]
+        N = out.shape[1]
+        col_tiles = (N + _QT - 1) // _QT
+        tasks = tile_group.size * col_tiles
+        k_end = K - K % _QT if k_tail else K
+        first = True
+        while True:
+            if one_task:
+                if not first:
+                    return
+                q = cuda.blockIdx.x                  # the grid's share of tasks only
+            elif every_thread:
+                q = cuda.atomic.add(queue, 0, 1)     # each thread its own task
+            else:
+                if leader:
+                    task[0] = cuda.atomic.add(queue, 0, 1)
+                if not no_sync_after_take:
+                    cuda.syncthreads()
+                q = task[0]
+                if not no_sync_before_next:
+                    cuda.syncthreads()
+            first = False
+            if q >= tasks:
+                return
+            r = q // col_tiles
+            g = tile_group[r]
+            if g < 0:
+                continue                             # a spare row tile: no rows
+            e = 0 if expert_0 else g
+            row = (r * _QT if aligned_rows else tile_row_start[r]) + ty
+            row_end = a.shape[0] if no_row_guard else offsets[g + 1]
+            col = (q % col_tiles) * _QT + tx
+            acc = float32(0.0)
+            for k0 in range(0, k_end, _QT):
+                if every_thread:                     # no tiles shared: a plain dot product
+                    for kk in range(k0, min(k0 + _QT, k_end)):
+                        if row < row_end and col < N:
+                            acc += a[row, kk] * w[e, kk, col]
+                    continue
+                a_tile[ty, tx] = a[row, k0 + tx] if (row < row_end and k0 + tx < K) else float32(0.0)
+                w_tile[ty, tx] = w[e, k0 + ty, col] if (k0 + ty < K and col < N) else float32(0.0)
+                cuda.syncthreads()
+                for i in range(_QT):
+                    acc += a_tile[ty, i] * w_tile[i, tx]
+                cuda.syncthreads()
+            if (no_row_guard or row < row_end) and col < N:
+                out[row, col] = acc
+
+    return persistent
+
+
 PERMUTATION.planted = [
     Planted("a plain += histogram", _make_permute("plain_histogram"), "without an atomic", simulator_only=True),
     Planted("a row claimed without an atomic", _make_permute("unclaimed_row"), "without an atomic",
@@ -804,4 +1049,20 @@ COMBINE.planted = [
     Planted("slot_of ignored (token order)", _make_combine("token_order"), "slot_of[t, j]"),
     Planted("every thread writes its whole row", _combine_whole_row, "without an atomic", simulator_only=True),
     Planted("the package's own kernel", moe_kernels.combine_kernel, "course package's own"),
+]
+PERSISTENT_GEMM.planted = [
+    Planted("one task per block (not persistent)", _make_persistent("one_task"), "keep taking tasks"),
+    Planted("every thread takes its own task", _make_persistent("every_thread"), "only the block's leader"),
+    Planted("no barrier after the leader takes a task", _make_persistent("no_sync_after_take"),
+            "cuda.syncthreads() is missing", simulator_only=True),
+    Planted("no barrier before the leader takes the next", _make_persistent("no_sync_before_next"),
+            "cuda.syncthreads() is missing", simulator_only=True),
+    Planted("expert 0's weights for every tile", _make_persistent("expert_0"), "multiply by w[g]"),
+    Planted("the last partial step along K dropped", _make_persistent("k_tail"), "along K"),
+    # simulator only: the rows past the end are written out of bounds
+    Planted("rows past the expert's end not guarded", _make_persistent("no_row_guard"), "offsets[g + 1]",
+            simulator_only=True),
+    Planted("rows taken as r * TILE (experts aligned to tiles)", _make_persistent("aligned_rows"),
+            "tile_row_start[r]"),
+    Planted("the package's own kernel", moe_kernels.grouped_gemm_naive_kernel, "course package's own"),
 ]
