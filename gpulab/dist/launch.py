@@ -129,7 +129,8 @@ class Workers:
 
     ``run(fn, *args)`` calls ``fn(*args)`` in every rank and returns the results in rank
     order; ``fn`` must be a module-level function (it is sent by name). ``timeout_s`` bounds
-    each run and each collective; the pool restarts itself after a timeout or an error.
+    each run and each collective; the pool restarts itself after a timeout, or after an
+    error that left other ranks stuck.
     """
 
     def __init__(self, world_size: int, backend: str = "auto", timeout_s: float = 60.0):
@@ -236,7 +237,8 @@ class Workers:
             else:
                 results[rank] = value
         if errors:
-            self.close()
+            if len(results) + len(errors) < self.world_size:
+                self.close()      # some ranks are stuck (in a collective with the failed one)
             first = min(errors)
             raise RankError(f"{what} failed on rank {first} (of {sorted(errors)}):\n{errors[first]}")
         return [results[r] for r in range(self.world_size)]
