@@ -6,6 +6,7 @@ LOW_PASS = 0.3             # added to the 2D covariance's diagonal (every splat 
 FOV_CLAMP = 1.3            # x/z and y/z clamped to 1.3 * tan(half field of view) for J
 EIGEN_FLOOR = 0.1          # lambda_max = mid + sqrt(max(0.1, mid^2 - det))
 SIGMAS = 3.0               # radius = ceil(3 sqrt(lambda_max))
+EXTEND_MAX = 3.33          # binning box: at most 3.33 sigma per axis (gsplat 1.5's opacity-aware box)
 ALPHA_MAX = 0.99           # alpha = min(0.99, opacity * G): no splat is fully opaque
 ALPHA_MIN = 1.0 / 255.0    # contributions below one 8-bit step are skipped
 T_MIN = 1e-4               # stop before the transmittance would fall below this

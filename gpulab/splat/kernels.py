@@ -31,14 +31,15 @@ from numba import cuda, float32, int32, int64
 
 from .. import runtime
 from ..launch import kernel
-from .constants import (ALPHA_MIN, BATCH, EIGEN_FLOOR, FOV_CLAMP, LOW_PASS, SH_C0, SH_C1, SH_C2,
+from .constants import (ALPHA_MIN, BATCH, EIGEN_FLOOR, EXTEND_MAX, FOV_CLAMP, LOW_PASS, SH_C0, SH_C1, SH_C2,
                         SH_C3, SIGMAS, T_MIN, TILE)
 from .footprints import GAUSSIAN, Footprint
 from .torch_impl import Projection, sort_keys, tile_grid
 
 __all__ = [
     "project_kernel", "sh_kernel", "count_tiles_kernel", "write_keys_kernel", "tile_ranges_kernel",
-    "write_tile_ids_kernel", "tile_ranges_of_tiles_kernel", "raster_kernel_for", "project_gaussians",
+    "write_tile_ids_kernel", "tile_ranges_of_tiles_kernel", "extents_kernel", "raster_kernel_for",
+    "project_gaussians", "tile_extents",
     "sh_to_color", "bin_gaussians", "sort_keys", "bin_and_sort", "tile_ranges", "rasterize_tiles", "BLOCK_1D",
 ]
 
@@ -50,6 +51,7 @@ _HALF = np.float32(0.5)
 _LOW_PASS = np.float32(LOW_PASS)
 _EIGEN_FLOOR = np.float32(EIGEN_FLOOR)
 _SIGMAS = np.float32(SIGMAS)
+_EXTEND_MAX = np.float32(EXTEND_MAX)
 _INV_TILE = np.float32(1.0 / TILE)
 _EPS = np.float32(1e-12)
 _ALPHA_MIN = np.float32(ALPHA_MIN)
@@ -138,14 +140,14 @@ def ewa_cov2d_device(x, y, z, s00, s01, s02, s11, s12, s22, view, fx, fy, lim_x,
 
 
 @cuda.jit(device=True)
-def tile_rect_device(mx, my, r, tiles_x, tiles_y):
-    """Tiles (x0, y0, x1, y1) touched by the square [m - r, m + r]; x1, y1 exclusive."""
+def tile_rect_device(mx, my, rx, ry, tiles_x, tiles_y):
+    """Tiles (x0, y0, x1, y1) touched by the box [mx - rx, mx + rx] x [my - ry, my + ry]; x1, y1 exclusive."""
     ftx = float32(tiles_x)
     fty = float32(tiles_y)
-    x0 = int32(math.floor(min(max((mx - r) * _INV_TILE, _F0), ftx)))
-    x1 = int32(math.ceil(min(max((mx + r) * _INV_TILE, _F0), ftx)))
-    y0 = int32(math.floor(min(max((my - r) * _INV_TILE, _F0), fty)))
-    y1 = int32(math.ceil(min(max((my + r) * _INV_TILE, _F0), fty)))
+    x0 = int32(math.floor(min(max((mx - rx) * _INV_TILE, _F0), ftx)))
+    x1 = int32(math.ceil(min(max((mx + rx) * _INV_TILE, _F0), ftx)))
+    y0 = int32(math.floor(min(max((my - ry) * _INV_TILE, _F0), fty)))
+    y1 = int32(math.ceil(min(max((my + ry) * _INV_TILE, _F0), fty)))
     return x0, y0, x1, y1
 
 
@@ -183,7 +185,7 @@ def project_kernel(means, quats, scales, view, fx, fy, cx, cy, lim_x, lim_y, nea
     radius = math.ceil(_SIGMAS * math.sqrt(lambda_max))
     mx = fx * x / z + cx
     my = fy * y / z + cy
-    x0, y0, x1, y1 = tile_rect_device(mx, my, float32(radius), tiles_x, tiles_y)
+    x0, y0, x1, y1 = tile_rect_device(mx, my, float32(radius), float32(radius), tiles_x, tiles_y)
     if (x1 - x0) * (y1 - y0) == 0:      # entirely off screen
         return
     means2d[i, 0] = mx
@@ -217,6 +219,37 @@ def project_gaussians(means: torch.Tensor, quats: torch.Tensor, scales: torch.Te
         _f32(FOV_CLAMP * camera.tan_fovx), _f32(FOV_CLAMP * camera.tan_fovy), _f32(camera.near),
         tiles_x, tiles_y, means2d, depths, conics, radii)
     return Projection(means2d, depths, conics, radii)
+
+
+@kernel
+def extents_kernel(conics, opacities, radii, extents):
+    """One thread per Gaussian: the opacity-aware per-axis box of :func:`torch_impl.tile_extents`."""
+    i = cuda.grid(1)
+    if i >= radii.shape[0]:
+        return
+    extents[i, 0] = 0
+    extents[i, 1] = 0
+    a = conics[i, 0]
+    b = conics[i, 1]
+    c = conics[i, 2]
+    det = a * c - b * b
+    opacity = opacities[i]
+    if radii[i] <= 0 or det <= _F0 or opacity < _ALPHA_MIN:
+        return
+    extend = min(_EXTEND_MAX, math.sqrt(_F2 * math.log(opacity / _ALPHA_MIN)))
+    extents[i, 0] = int32(math.ceil(extend * math.sqrt(max(_F0, c / det))))
+    extents[i, 1] = int32(math.ceil(extend * math.sqrt(max(_F0, a / det))))
+
+
+def tile_extents(conics: torch.Tensor, opacities: torch.Tensor, radii: torch.Tensor) -> torch.Tensor:
+    """numba twin of :func:`torch_impl.tile_extents`: [N, 2] int32 (rx, ry)."""
+    _require(conics, "conics", (None, 3))
+    n = conics.shape[0]
+    _require(opacities, "opacities", (n,))
+    _require(radii, "radii", (n,), torch.int32)
+    extents = torch.empty(n, 2, dtype=torch.int32, device=conics.device)
+    extents_kernel[_blocks(n), BLOCK_1D](conics.contiguous(), opacities.contiguous(), radii, extents)
+    return extents
 
 
 # ------------------------------------------------------------------ colour
@@ -275,14 +308,15 @@ def sh_to_color(sh: torch.Tensor, means: torch.Tensor, campos: torch.Tensor, deg
 
 @kernel
 def count_tiles_kernel(means2d, radii, tiles_x, tiles_y, counts):
-    """counts[i] = number of tiles Gaussian i touches (0 if culled)."""
+    """counts[i] = number of tiles Gaussian i's box (half-sizes ``radii[i]`` = (rx, ry)) touches."""
     i = cuda.grid(1)
     if i >= radii.shape[0]:
         return
     counts[i] = 0
-    if radii[i] <= 0:
+    if radii[i, 0] <= 0 or radii[i, 1] <= 0:
         return
-    x0, y0, x1, y1 = tile_rect_device(means2d[i, 0], means2d[i, 1], float32(radii[i]), tiles_x, tiles_y)
+    x0, y0, x1, y1 = tile_rect_device(means2d[i, 0], means2d[i, 1], float32(radii[i, 0]),
+                                      float32(radii[i, 1]), tiles_x, tiles_y)
     counts[i] = (x1 - x0) * (y1 - y0)
 
 
@@ -290,10 +324,11 @@ def count_tiles_kernel(means2d, radii, tiles_x, tiles_y, counts):
 def write_keys_kernel(means2d, radii, depth_bits, offsets, tiles_x, tiles_y, keys, ids):
     """Gaussian i writes its keys at [offsets[i-1], offsets[i]) (offsets: inclusive scan)."""
     i = cuda.grid(1)
-    if i >= radii.shape[0] or radii[i] <= 0:
+    if i >= radii.shape[0] or radii[i, 0] <= 0 or radii[i, 1] <= 0:
         return
     k = int64(0) if i == 0 else offsets[i - 1]
-    x0, y0, x1, y1 = tile_rect_device(means2d[i, 0], means2d[i, 1], float32(radii[i]), tiles_x, tiles_y)
+    x0, y0, x1, y1 = tile_rect_device(means2d[i, 0], means2d[i, 1], float32(radii[i, 0]),
+                                      float32(radii[i, 1]), tiles_x, tiles_y)
     depth = int64(depth_bits[i]) & _MASK32
     for ty in range(y0, y1):
         for tx in range(x0, x1):
@@ -302,11 +337,20 @@ def write_keys_kernel(means2d, radii, depth_bits, offsets, tiles_x, tiles_y, key
             k += 1
 
 
+def _box_half_sizes(radii: torch.Tensor, n: int) -> torch.Tensor:
+    """[N, 2] int32 (rx, ry) from radii [N] (a square) or [N, 2]."""
+    if isinstance(radii, torch.Tensor) and radii.dim() == 1:
+        _require(radii, "radii", (n,), torch.int32)
+        return radii[:, None].expand(n, 2).contiguous()
+    _require(radii, "radii", (n, 2), torch.int32)
+    return radii.contiguous()
+
+
 def bin_gaussians(means2d: torch.Tensor, radii: torch.Tensor, depths: torch.Tensor, width: int, height: int):
     """numba twin of :func:`torch_impl.bin_gaussians` (same keys in the same order)."""
     _require(means2d, "means2d", (None, 2))
     n = means2d.shape[0]
-    _require(radii, "radii", (n,), torch.int32)
+    radii = _box_half_sizes(radii, n)
     _require(depths, "depths", (n,))
     tiles_x, tiles_y = tile_grid(width, height)
     counts = torch.empty(n, dtype=torch.int32, device=means2d.device)
@@ -378,10 +422,11 @@ def write_tile_ids_kernel(order, means2d, radii, offsets, tiles_x, tiles_y, tile
     if r >= order.shape[0]:
         return
     i = order[r]
-    if radii[i] <= 0:
+    if radii[i, 0] <= 0 or radii[i, 1] <= 0:
         return
     k = int32(0) if r == 0 else offsets[r - 1]
-    x0, y0, x1, y1 = tile_rect_device(means2d[i, 0], means2d[i, 1], float32(radii[i]), tiles_x, tiles_y)
+    x0, y0, x1, y1 = tile_rect_device(means2d[i, 0], means2d[i, 1], float32(radii[i, 0]),
+                                      float32(radii[i, 1]), tiles_x, tiles_y)
     for ty in range(y0, y1):
         for tx in range(x0, x1):
             tiles[k] = ty * tiles_x + tx
@@ -404,7 +449,7 @@ def _bin_front_to_back(means2d, radii, depths, width: int, height: int):
     """The pairs (tile ids [L] int32, Gaussian ids [L] int32), unsorted, nearest Gaussian first."""
     _require(means2d, "means2d", (None, 2))
     n = means2d.shape[0]
-    _require(radii, "radii", (n,), torch.int32)
+    radii = _box_half_sizes(radii, n)
     _require(depths, "depths", (n,))
     device = means2d.device
     tiles_x, tiles_y = tile_grid(width, height)

@@ -4,7 +4,7 @@
     times, counts = time_stages(gaussians, camera, backend="numba", backward=True)   # + the backward pass
 
 Stages of the path :func:`~gpulab.splat.render.render` runs: ``project`` (+ SH colour),
-``bin`` (tile counts, depth order, scan, writing the pairs), ``sort`` (the stable tile sort and
+``bin`` (the opacity-aware box, tile counts, depth order, scan, writing the pairs), ``sort`` (the stable tile sort and
 the gather of Gaussian ids), ``ranges``, ``raster``; ``total`` is one whole render call. For
 comparison, ``bin_64bit`` and ``sort_64bit`` time the classic 64-bit (tile, depth) keys of 3DGS
 (:func:`~gpulab.splat.kernels.bin_gaussians` + ``torch.sort``). With ``backward=True``:
@@ -39,12 +39,15 @@ def stage_calls(gaussians, camera, backend: str = "auto", background=None, backw
 
     proj, colors = project()
     params = gaussian_params(proj.means2d, proj.conics, g.opacities)
-    if numba:   # the tile-major path render runs, in its two halves
-        bin_pairs = lambda: s._bin_front_to_back(proj.means2d, proj.radii, proj.depths, w, h)
-        sort_pairs = s._sort_by_tile
-    else:
-        bin_pairs = lambda: s.bin_gaussians(proj.means2d, proj.radii, proj.depths, w, h)
-        sort_pairs = s.sort_keys
+    extents = s.tile_extents(proj.conics, g.opacities, proj.radii)     # the box render bins with
+
+    def bin_pairs():
+        box = s.tile_extents(proj.conics, g.opacities, proj.radii)
+        if numba:   # the tile-major path render runs, in its two halves
+            return s._bin_front_to_back(proj.means2d, box, proj.depths, w, h)
+        return s.bin_gaussians(proj.means2d, box, proj.depths, w, h)
+
+    sort_pairs = s._sort_by_tile if numba else s.sort_keys
     pairs = bin_pairs()
     tiles, sids = sort_pairs(*pairs)
     ranges = s.tile_ranges(tiles, n_tiles)
@@ -59,12 +62,14 @@ def stage_calls(gaussians, camera, backend: str = "auto", background=None, backw
         "total": lambda: render(g, cam, background, backend=backend),
     }
     if numba:
-        keys64, ids64 = s.bin_gaussians(proj.means2d, proj.radii, proj.depths, w, h)
-        calls["bin_64bit"] = lambda: s.bin_gaussians(proj.means2d, proj.radii, proj.depths, w, h)
+        keys64, ids64 = s.bin_gaussians(proj.means2d, extents, proj.depths, w, h)
+        calls["bin_64bit"] = lambda: s.bin_gaussians(proj.means2d, extents, proj.depths, w, h)
+        square, _ = s.bin_gaussians(proj.means2d, proj.radii, proj.depths, w, h)
         calls["sort_64bit"] = lambda: s.sort_keys(keys64, ids64)
     if backward:
         calls.update(_backward_calls(g, cam, background, backend, numba, params, colors, ranges, sids, proj))
     counts = {"intersections": int(len(tiles)), "visible": int((proj.radii > 0).sum()),
+              **({"intersections_3sigma_square": int(len(square))} if numba else {}),
               "max_per_tile": int((ranges[:, 1] - ranges[:, 0]).max()) if n_tiles else 0}
     return calls, counts
 

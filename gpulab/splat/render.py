@@ -114,7 +114,7 @@ def rasterize(params: torch.Tensor, features: torch.Tensor, means2d: torch.Tenso
     """Bin, sort, find tile ranges and composite: (image, transmittance, (keys, ids, ranges)).
 
     ``means2d`` [N, 2] float and ``radii`` [N] int32 give each primitive's screen square
-    (radius 0 = culled), ``depths`` [N] its sort order, ``params`` [N, footprint.n_params]
+    (radius 0 = culled; or [N, 2]: half-sizes per axis), ``depths`` [N] its sort order, ``params`` [N, footprint.n_params]
     its footprint, ``features`` [N, C] what it composites, ``background`` [C]. ``keys`` are
     the sorted 64-bit ``tile << 32 | depth`` keys. Differentiable on both backends (numba:
     the Gaussian footprint).
@@ -162,7 +162,8 @@ def _check_rasterize_inputs(params, features, means2d, radii, depths, width, hei
             raise ValueError(f"rasterize: {name} must be a positive int (pixels), got {size!r}")
     _check_tensor(means2d, "means2d", (None, 2))
     n = means2d.shape[0]
-    _check_tensor(radii, "radii", (n,), floating=False)
+    _check_tensor(radii, "radii", (n,) if not isinstance(radii, torch.Tensor) or radii.dim() < 2 else (n, 2),
+                  floating=False)
     if radii.dtype != torch.int32:
         raise TypeError(f"rasterize: radii must be int32 pixel radii (0 = culled), got {radii.dtype}; "
                         "round float radii up: radii.ceil().to(torch.int32)")
@@ -205,8 +206,10 @@ def render(gaussians: Gaussians, camera: Camera, background: torch.Tensor | None
     params = gaussian_params(proj.means2d, proj.conics, g.opacities)
     _check_rasterize_inputs(params, features, proj.means2d, proj.radii, proj.depths, camera.width,
                             camera.height, background, GAUSSIAN)
+    # bin with gsplat 1.5's opacity-aware box per axis: every pixel with alpha >= 1/255, fewer tiles
+    extents = stages.tile_extents(proj.conics.detach(), g.opacities.detach(), proj.radii)
     image, trans, tiles, ids, ranges = _bin_sort_composite(
-        params, features, proj.means2d, proj.radii, proj.depths, camera.width, camera.height,
+        params, features, proj.means2d, extents, proj.depths, camera.width, camera.height,
         background, GAUSSIAN, stages)
     name = "numba" if stages is kernels else "torch"
     return RenderResult(image, trans, proj, features, tiles, ids, ranges, name)

@@ -24,7 +24,7 @@ from dataclasses import dataclass
 
 import torch
 
-from .constants import (ALPHA_MAX, ALPHA_MIN, EIGEN_FLOOR, FOV_CLAMP, LOW_PASS, NEAR_PLANE,
+from .constants import (ALPHA_MAX, ALPHA_MIN, EIGEN_FLOOR, EXTEND_MAX, FOV_CLAMP, LOW_PASS, NEAR_PLANE,
                         SH_C0, SH_C1, SH_C2, SH_C3, SIGMAS, T_MIN, TILE)
 from .footprints import GAUSSIAN, Footprint, gaussian_alpha, gaussian_params
 
@@ -32,7 +32,7 @@ __all__ = [
     "TILE", "NEAR_PLANE", "LOW_PASS", "FOV_CLAMP", "ALPHA_MAX", "ALPHA_MIN", "T_MIN",
     "SH_C0", "SH_C1", "SH_C2", "SH_C3", "Projection", "Footprint",
     "quat_to_rotmat", "covariance_3d", "project_covariance", "conic_and_radius",
-    "project_gaussians", "sh_to_color", "tile_grid", "tile_rects", "bin_gaussians",
+    "project_gaussians", "sh_to_color", "tile_grid", "tile_rects", "tile_extents", "bin_gaussians",
     "sort_keys", "bin_and_sort", "tile_ranges", "gaussian_params", "gaussian_alpha", "rasterize_tiles",
     "trace_pixel", "GAUSSIAN",
 ]
@@ -123,20 +123,46 @@ def tile_grid(width: int, height: int) -> tuple[int, int]:
 
 
 def tile_rects(means2d: torch.Tensor, radii: torch.Tensor, width: int, height: int):
-    """Tiles touched by each splat's square [mean - r, mean + r]: (x0, y0, x1, y1), x1 exclusive.
+    """Tiles touched by each splat's box [mx - rx, mx + rx] x [my - ry, my + ry]: (x0, y0, x1, y1),
+    x1 exclusive. ``radii`` [N] (a square, rx = ry) or [N, 2] (rx, ry per axis).
 
-    ``x0 = clamp(floor((mx - r) / 16), 0, tiles_x)``, ``x1 = clamp(ceil((mx + r) / 16), 0,
-    tiles_x)`` (gsplat's rule): a splat reaching exactly x = 16.0 stays in tile 0, one
-    reaching 16.5 (pixel 16's centre) also touches tile 1.
+    ``x0 = clamp(floor((mx - rx) / 16), 0, tiles_x)``, ``x1 = clamp(ceil((mx + rx) / 16), 0,
+    tiles_x)`` (gsplat's rule; the INRIA code's ``getRect`` rounds differently at tile
+    edges): a splat reaching exactly x = 16.0 stays in tile 0, one reaching 16.5 (pixel
+    16's centre) also touches tile 1.
     """
     tiles_x, tiles_y = tile_grid(width, height)
     r = radii.to(means2d.dtype)
+    rx, ry = (r, r) if r.dim() == 1 else (r[:, 0], r[:, 1])
     mx, my = means2d[:, 0], means2d[:, 1]
-    x0 = torch.floor(((mx - r) / TILE).clamp(0, tiles_x)).long()
-    x1 = torch.ceil(((mx + r) / TILE).clamp(0, tiles_x)).long()
-    y0 = torch.floor(((my - r) / TILE).clamp(0, tiles_y)).long()
-    y1 = torch.ceil(((my + r) / TILE).clamp(0, tiles_y)).long()
+    x0 = torch.floor(((mx - rx) / TILE).clamp(0, tiles_x)).long()
+    x1 = torch.ceil(((mx + rx) / TILE).clamp(0, tiles_x)).long()
+    y0 = torch.floor(((my - ry) / TILE).clamp(0, tiles_y)).long()
+    y1 = torch.ceil(((my + ry) / TILE).clamp(0, tiles_y)).long()
     return x0, y0, x1, y1
+
+
+def tile_extents(conics: torch.Tensor, opacities: torch.Tensor, radii: torch.Tensor) -> torch.Tensor:
+    """The box binning uses, per axis: [N, 2] int32 half-sizes (rx, ry), 0 = nothing to bin.
+
+    gsplat 1.5's opacity-aware box (after StopThePop, Radl et al. 2024, arXiv:2402.00525,
+    sec. B.2): a pixel is composited only where ``o exp(-q / 2) >= 1/255`` (q the conic's
+    quadratic form), i.e. inside the ellipse ``q <= e^2`` with ``e = sqrt(2 ln(255 o))``,
+    at most 3.33; that ellipse reaches ``e sqrt(Sigma_xx)`` along x and ``e sqrt(Sigma_yy)``
+    along y (Sigma = the inverse of the conic). So no pixel that could be composited is left
+    out, and a thin or faint splat gets far fewer tiles than the 3-sigma square of the
+    larger eigenvalue that 3DGS bins with (``radii``, still what culls: 0 stays 0).
+    """
+    a, b, c = conics[:, 0], conics[:, 1], conics[:, 2]
+    det = a * c - b * b
+    safe = torch.where(det > 0, det, torch.ones_like(det))
+    ratio = (opacities / ALPHA_MIN).clamp_min(1.0)
+    extend = torch.sqrt(2.0 * torch.log(ratio)).clamp_max(EXTEND_MAX)
+    rx = torch.ceil(extend * torch.sqrt((c / safe).clamp_min(0.0)))
+    ry = torch.ceil(extend * torch.sqrt((a / safe).clamp_min(0.0)))
+    keep = (radii > 0) & (det > 0) & (opacities >= ALPHA_MIN)
+    return torch.where(keep[:, None], torch.stack([rx, ry], -1), torch.zeros_like(torch.stack([rx, ry], -1))
+                       ).to(torch.int32)
 
 
 def project_gaussians(means: torch.Tensor, quats: torch.Tensor, scales: torch.Tensor,
@@ -206,6 +232,9 @@ def bin_gaussians(means2d: torch.Tensor, radii: torch.Tensor, depths: torch.Tens
                   width: int, height: int):
     """Unsorted keys [L] int64 and Gaussian ids [L] int32, one per (Gaussian, touched tile).
 
+    ``radii`` [N] or [N, 2] int32 (see :func:`tile_rects`; :func:`tile_extents` gives the box
+    :func:`~gpulab.splat.render.render` bins with), 0 = culled.
+
     ``key = tile_id << 32 | bits of the float32 depth`` (positive floats order like their
     bits, so sorting the keys sorts by tile, then front to back). Keys come Gaussian by
     Gaussian, each Gaussian's tiles row by row: the order the numba kernel writes them.
@@ -213,7 +242,8 @@ def bin_gaussians(means2d: torch.Tensor, radii: torch.Tensor, depths: torch.Tens
     tiles_x, _ = tile_grid(width, height)
     x0, y0, x1, y1 = tile_rects(means2d.detach(), radii, width, height)
     w = (x1 - x0).clamp_min(0)
-    counts = torch.where(radii > 0, w * (y1 - y0).clamp_min(0), torch.zeros_like(w))
+    alive = radii > 0 if radii.dim() == 1 else (radii > 0).all(-1)
+    counts = torch.where(alive, w * (y1 - y0).clamp_min(0), torch.zeros_like(w))
     total = int(counts.sum())
     ids = torch.repeat_interleave(torch.arange(len(counts), device=counts.device), counts)
     first = torch.cumsum(counts, 0) - counts                 # exclusive scan: each one's offset

@@ -199,6 +199,53 @@ def test_binning_and_ranges_numba_match_torch():
     assert torch.equal(K.tile_ranges(tiles_n, n_tiles), rt) and torch.equal(T.tile_ranges(tiles_t, n_tiles), rt)
 
 
+def test_opacity_aware_box_known_answer_and_twins():
+    # isotropic variance v, opacity 1: e = sqrt(2 ln 255) = 3.3290 (under the 3.33 cap), r = ceil(e sqrt(v));
+    # opacity 0.1: e = sqrt(2 ln 25.5); below 1/255 or culled: nothing to bin
+    v = 4.0
+    conics = torch.tensor([[1 / v, 0.0, 1 / v]] * 4, device=DEV)
+    opac = torch.tensor([1.0, 0.1, 0.003, 1.0], device=DEV)
+    radii = torch.tensor([7, 7, 7, 0], dtype=torch.int32, device=DEV)
+    want = [[math.ceil(math.sqrt(2 * math.log(255)) * 2)] * 2, [math.ceil(math.sqrt(2 * math.log(25.5)) * 2)] * 2,
+            [0, 0], [0, 0]]
+    for stages in (T, K):
+        assert stages.tile_extents(conics, opac, radii).tolist() == want
+    g = awkward_scene(150, seed=9)
+    cam = splat.benchmark_camera(70, 37)
+    p = T.project_gaussians(g.means, g.quats, g.scales, cam)
+    et, en = T.tile_extents(p.conics, g.opacities, p.radii), K.tile_extents(p.conics, g.opacities, p.radii)
+    assert torch.equal(et, en)
+    assert torch.equal(*(s.bin_and_sort(p.means2d, et, p.depths, 70, 37)[1] for s in (T, K)))
+    pairs_box = len(T.bin_gaussians(p.means2d, et, p.depths, 70, 37)[0])
+    pairs_square = len(T.bin_gaussians(p.means2d, p.radii, p.depths, 70, 37)[0])
+    assert pairs_box < pairs_square                  # fewer tiles for thin and faint splats
+
+
+def test_opacity_aware_box_leaves_out_no_pixel_that_counts():
+    # the same image as binning every splat into every tile: the box drops only alpha < 1/255
+    gen = torch.Generator().manual_seed(6)
+    n = 40
+    means2d = torch.rand(n, 2, generator=gen) * torch.tensor([40.0, 30.0])
+    angle = torch.rand(n, generator=gen) * math.pi
+    s1, s2 = 0.5 + 6 * torch.rand(n, generator=gen), 0.3 + 2 * torch.rand(n, generator=gen)
+    c, s_ = torch.cos(angle), torch.sin(angle)
+    cov = torch.stack([c * c * s1 ** 2 + s_ * s_ * s2 ** 2, c * s_ * (s1 ** 2 - s2 ** 2),
+                       s_ * s_ * s1 ** 2 + c * c * s2 ** 2], -1) + torch.tensor([0.3, 0.0, 0.3])
+    det = cov[:, 0] * cov[:, 2] - cov[:, 1] ** 2
+    conics = torch.stack([cov[:, 2] / det, -cov[:, 1] / det, cov[:, 0] / det], -1)
+    opac = torch.rand(n, generator=gen)
+    params = splat.gaussian_params(means2d, conics, opac).to(DEV)
+    feats = torch.rand(n, 3, generator=gen).to(DEV)
+    depths = torch.rand(n, generator=gen).to(DEV) + 1
+    everywhere = torch.full((n,), 100, dtype=torch.int32, device=DEV)
+    box = T.tile_extents(params[:, 2:5], params[:, 5], everywhere)
+    full, full_t, _ = splat.rasterize(params, feats, params[:, :2], everywhere, depths, 40, 30, backend="torch")
+    tight, tight_t, (keys, _, _) = splat.rasterize(params, feats, params[:, :2], box, depths, 40, 30, backend="torch")
+    assert len(keys) < n * 6
+    close(tight, full, atol=1e-6)
+    close(tight_t, full_t, atol=1e-6)
+
+
 def test_tile_major_sort_keeps_depth_order_and_ties():
     # equal depths keep the Gaussians' index order in both sorts; the nearest comes first
     means2d = torch.tensor([[8.0, 8.0], [9.0, 8.0], [7.0, 9.0], [20.0, 8.0]], device=DEV)
