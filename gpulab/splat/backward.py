@@ -46,7 +46,7 @@ __all__ = ["raster_backward_kernel_for", "rasterize_tiles_backward", "project_ba
 
 # Sum each Gaussian's gradient over a warp before the atomic (needs shuffles: a real GPU).
 WARP_REDUCE = not runtime.SIMULATOR
-_FULL_MASK = np.uint32(0xFFFFFFFF)
+_FULL_MASK = 0xFFFFFFFF     # a Python int, as numba-cuda's own warp tests pass it (typed int64, truncated)
 _F0, _F1, _F2, _HALF = np.float32(0.0), np.float32(1.0), np.float32(2.0), np.float32(0.5)
 _ALPHA_MIN = np.float32(ALPHA_MIN)
 _ALPHA_MAX = np.float32(ALPHA_MAX)
