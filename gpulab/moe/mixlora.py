@@ -6,14 +6,20 @@ pair of LoRA adapters on it: expert ``e`` computes
     h_e = silu(W_up x + B_up[e] A_up[e] x)          y_e = W_down h_e + B_down[e] A_down[e] h_e
 
 A top-k router (softmax, top-k, weights renormalised) mixes ``k`` experts per token and
-the Switch-style auxiliary loss ``E * sum_i f_i P_i`` (MixLoRA's "load balance loss",
-coefficient 0.01 in the paper) keeps the experts in use. Only the router and the
+the Switch-style auxiliary loss ``E * sum_i f_i P_i`` (MixLoRA's "load balance loss"; the
+reference code's default ``router_aux_loss_coef`` is 0.001, in ``mixlora/config.py``, and
+:func:`train` takes ``aux_coef``) keeps the experts in use. Only the router and the
 adapters train: ``E * 2 * r * (H + F)`` parameters against ``2 H F`` frozen ones.
 
 The base projection ``W_up x`` is the same for every expert, so it is computed once for
-all tokens and only the low-rank corrections run per expert (MixLoRA's implementation
-does the same); the down projection acts on a different ``h_e`` per expert and cannot
-be shared.
+all tokens and only its low-rank corrections run per expert (MixLoRA's implementation
+does the same for LLaMA's ``gate(x)`` and ``up(x)``); the frozen down projection acts on a
+different ``h_e`` per expert, so it runs once per expert, as in MixLoRA.
+
+Simplified: MixLoRA's reference (github.com/TUDB-Labs/MixLoRA, ``mixlora/model.py``) adapts
+LLaMA's SwiGLU FFN ``down(silu(gate(x)) * up(x))`` and can multiply the input by jitter
+noise uniform in ``[1 - j, 1 + j]`` in training (``jitter_noise``, 0 by default); this one
+is a plain SiLU FFN (up and down) without noise.
 """
 from __future__ import annotations
 
