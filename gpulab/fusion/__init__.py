@@ -11,7 +11,7 @@ fusion), or run the chain on a batch of differently sized items in one launch
     pipe.reference(x)          # three (four) torch kernels
     print(pipe.source())       # the generated kernel
 """
-from .ops import (Op, add, mul, affine, relu, leaky_relu, sigmoid, tanh, clamp, absolute, square,
+from .ops import (Op, map_op, add, mul, affine, relu, leaky_relu, sigmoid, tanh, clamp, absolute, square,
                   normalize, rgb_to_gray, rgb_to_yuv, to_float32, to_uint8, crop, resize,
                   reduce_sum, reduce_mean, reduce_max, reduce_min, GRAY_WEIGHTS, YUV_MATRIX)
 from .codegen import (BLOCK, UNROLL, TILE, GEOMETRY_FIELDS, Schedule, DEFAULT_SCHEDULE, cache_info, clear_cache,
@@ -20,7 +20,7 @@ from .pipeline import Pipeline, Batch, reference_chain, max_blocks
 from . import isa
 
 __all__ = [
-    "Op", "add", "mul", "affine", "relu", "leaky_relu", "sigmoid", "tanh", "clamp", "absolute",
+    "Op", "map_op", "add", "mul", "affine", "relu", "leaky_relu", "sigmoid", "tanh", "clamp", "absolute",
     "square", "normalize", "rgb_to_gray", "rgb_to_yuv", "to_float32", "to_uint8", "crop", "resize",
     "reduce_sum", "reduce_mean", "reduce_max", "reduce_min", "GRAY_WEIGHTS", "YUV_MATRIX",
     "BLOCK", "UNROLL", "TILE", "GEOMETRY_FIELDS", "Schedule", "DEFAULT_SCHEDULE", "cache_info", "clear_cache",

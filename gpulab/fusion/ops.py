@@ -22,6 +22,7 @@ as FKL's operations carry their parameters in a struct next to the compile-time 
 """
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from typing import Callable, Sequence
 
@@ -29,14 +30,16 @@ import torch
 import torch.nn.functional as F
 
 __all__ = [
-    "Op", "add", "mul", "affine", "relu", "leaky_relu", "sigmoid", "tanh", "clamp", "absolute",
+    "Op", "map_op", "add", "mul", "affine", "relu", "leaky_relu", "sigmoid", "tanh", "clamp", "absolute",
     "square", "normalize", "rgb_to_gray", "rgb_to_yuv", "to_float32", "to_uint8", "crop",
     "resize", "reduce_sum", "reduce_mean", "reduce_max", "reduce_min", "GRAY_WEIGHTS",
     "YUV_MATRIX",
 ]
 
-#: ITU-R BT.601 luma weights (R, G, B), as in OpenCV's and torchvision's rgb_to_grayscale
-GRAY_WEIGHTS = (0.299, 0.587, 0.114)
+#: Luma weights (R, G, B) of torchvision's ``rgb_to_grayscale``
+#: (torchvision/transforms/_functional_tensor.py: ``0.2989 * r + 0.587 * g + 0.114 * b``, after
+#: TensorFlow's). ITU-R BT.601, and OpenCV's ``cvtColor``, give red 0.299.
+GRAY_WEIGHTS = (0.2989, 0.587, 0.114)
 #: BT.601 analogue YUV: rows give Y, U, V from (R, G, B)
 YUV_MATRIX = ((0.299, 0.587, 0.114),
               (-0.14713, -0.28886, 0.436),
@@ -69,7 +72,7 @@ class Op:
     out_dtype: torch.dtype | None = None  # None: keeps the value's dtype
     emit: Callable | None = field(default=None, compare=False, repr=False)
     torch_fn: Callable | None = field(default=None, compare=False, repr=False)
-    flops: int = 0                      # FP32 instructions per channel, roughly (for the roofline)
+    instructions: int = 0               # instructions per channel, a rough estimate (gpulab.fusion.isa counts them)
     label: str = ""
 
     def __post_init__(self):
@@ -87,8 +90,14 @@ class Op:
                              "torch twin (see gpulab.fusion.ops for examples)")
 
     def key(self) -> tuple:
-        """What the generated code depends on: the op's name and channel counts, not its parameter values."""
-        return (self.name, self.in_channels, self.out_channels, len(self.params))
+        """What the generated code depends on: the op's name, channel counts and code, not its
+        parameter values (two ops of one name but different code get different kernels)."""
+        code = ()
+        if self.kind == "map":   # the code it writes for a canonical pixel: x0, x1, ... -> y0, ...
+            c = self.in_channels or 1
+            code = tuple(self.emit([f"x{k}" for k in range(c)], [f"y{k}" for k in range(self.channels_after(c))],
+                                   [f"p{k}" for k in range(len(self.params))]))
+        return (self.name, self.in_channels, self.out_channels, len(self.params), code)
 
     def channels_after(self, channels: int) -> int:
         return self.out_channels if self.out_channels is not None else channels
@@ -109,10 +118,47 @@ def _per_channel(template: str) -> Callable:
     return emit
 
 
-def _map(name, template, torch_fn, params=(), flops=1, label=None, **kw) -> Op:
+_FIELD = re.compile(r"\{([^{}]*)\}")
+
+
+def map_op(name: str, template: str, torch_fn: Callable, params: Sequence[float] = (), instructions: int = 1,
+           label: str | None = None, **options) -> Op:
+    """A new elementwise operation, made the way every map op of this module is made.
+
+    ``template``: one expression of numba code for one channel, with ``{x}`` for the input
+    value and ``{p0}``, ``{p1}``, ... for the run-time parameters (float32 registers), e.g.
+    ``"{x} * {p0} + {p1}"``; ``math`` and ``float32`` are in scope. ``torch_fn(x, params)``:
+    the same operation in torch, the op's reference (its *twin*). ``params``: the parameter
+    values of this instance; they travel at run time, so instances with other values share
+    one compiled kernel. ``instructions``: a rough count per channel (for estimates).
+    ``options`` go to :class:`Op` (``needs_float``, ``out_dtype``).
+
+        softsign = map_op("softsign", "{x} / (float32(1.0) + abs({x}))", lambda x, p: F.softsign(x))
+        fk.Pipeline(fk.affine(2, 0), softsign, fk.relu())       # fuses with the library's ops
+    """
+    if not isinstance(name, str) or not name.isidentifier():
+        raise ValueError(f"map_op: name must be an identifier (it names the kernel), got {name!r}")
+    if not isinstance(template, str) or "{x}" not in template:
+        raise ValueError(f"map_op {name!r}: template must be a string of code using {{x}} for the input, "
+                         f"got {template!r}")
     params = tuple(float(v) for v in params)
-    return Op(name, "map", params, emit=_per_channel(template), torch_fn=torch_fn, flops=flops,
-              label=label or (f"{name}({_fmt(*params)})" if params else f"{name}()"), **kw)
+    for field_name in _FIELD.findall(template):
+        if field_name == "x":
+            continue
+        m = re.fullmatch(r"p(\d+)", field_name)
+        if m is None:
+            raise ValueError(f"map_op {name!r}: the template has {{{field_name}}}; write {{x}} for the input and "
+                             "{p0}, {p1}, ... for the parameters (their values go in params=...)")
+        if int(m.group(1)) >= len(params):
+            raise ValueError(f"map_op {name!r}: the template uses {{{field_name}}} but the op has {len(params)} "
+                             f"parameter(s): pass params=(...) with one value per {{pK}}")
+    if not callable(torch_fn):
+        raise TypeError(f"map_op {name!r}: torch_fn must be a function (x, params) -> tensor, its torch twin")
+    return Op(name, "map", params, emit=_per_channel(template), torch_fn=torch_fn, instructions=instructions,
+              label=label or (f"{name}({_fmt(*params)})" if params else f"{name}()"), **options)
+
+
+_map = map_op
 
 
 # ------------------------------------------------------------------- arithmetic
@@ -129,7 +175,7 @@ def mul(value: float) -> Op:
 
 def affine(scale: float, shift: float) -> Op:
     """``x * scale + shift`` (two torch ops unfused: a multiply, then an add)."""
-    return _map("affine", "{x} * {p0} + {p1}", lambda x, p: x * p[0] + p[1], (scale, shift), flops=2)
+    return _map("affine", "{x} * {p0} + {p1}", lambda x, p: x * p[0] + p[1], (scale, shift), instructions=2)
 
 
 def square() -> Op:
@@ -152,18 +198,18 @@ def relu() -> Op:
 def leaky_relu(slope: float = 0.01) -> Op:
     """``x`` where ``x > 0``, else ``slope * x``."""
     return _map("leaky_relu", "{x} if {x} > float32(0.0) else {x} * {p0}",
-                lambda x, p: F.leaky_relu(x, p[0]), (slope,), flops=2)
+                lambda x, p: F.leaky_relu(x, p[0]), (slope,), instructions=2)
 
 
 def sigmoid() -> Op:
     """``1 / (1 + exp(-x))``: an exponential and a division, about 20 instructions on a GPU."""
     return _map("sigmoid", "float32(1.0) / (float32(1.0) + math.exp(-{x}))",
-                lambda x, p: torch.sigmoid(x), flops=20)
+                lambda x, p: torch.sigmoid(x), instructions=20)
 
 
 def tanh() -> Op:
     """``tanh(x)``: about 20 instructions, like sigmoid."""
-    return _map("tanh", "math.tanh({x})", lambda x, p: torch.tanh(x), flops=20)
+    return _map("tanh", "math.tanh({x})", lambda x, p: torch.tanh(x), instructions=20)
 
 
 def clamp(low: float, high: float) -> Op:
@@ -171,21 +217,21 @@ def clamp(low: float, high: float) -> Op:
     if not low <= high:
         raise ValueError(f"clamp needs low <= high, got low={low}, high={high}")
     return _map("clamp", "min(max({x}, {p0}), {p1})", lambda x, p: torch.clamp(x, p[0], p[1]),
-                (low, high), flops=2)
+                (low, high), instructions=2)
 
 
 # ------------------------------------------------------------ type conversions
 
 def to_float32() -> Op:
     """Convert the values to float32 (from uint8 image data, say); keeps the numbers."""
-    return _map("to_float32", "float32({x})", lambda x, p: x.to(torch.float32), flops=0,
+    return _map("to_float32", "float32({x})", lambda x, p: x.to(torch.float32), instructions=0,
                 needs_float=False, out_dtype=torch.float32)
 
 
 def to_uint8() -> Op:
     """Saturate to [0, 255] and convert to uint8 (truncating, as ``tensor.to(torch.uint8)`` does)."""
     return _map("to_uint8", "uint8(min(max({x}, float32(0.0)), float32(255.0)))",
-                lambda x, p: torch.clamp(x, 0.0, 255.0).to(torch.uint8), flops=2,
+                lambda x, p: torch.clamp(x, 0.0, 255.0).to(torch.uint8), instructions=2,
                 out_dtype=torch.uint8)
 
 
@@ -210,7 +256,7 @@ def normalize(mean: Sequence[float], std: Sequence[float]) -> Op:
         return (x - m) / s
 
     return Op("normalize", "map", mean + std, in_channels=c, emit=emit, torch_fn=torch_fn,
-              flops=2, label=f"normalize(mean=({_fmt(*mean)}), std=({_fmt(*std)}))")
+              instructions=2, label=f"normalize(mean=({_fmt(*mean)}), std=({_fmt(*std)}))")
 
 
 # ------------------------------------------------------------ colour conversions
@@ -238,17 +284,18 @@ def _linear_colour_torch(rows):
 
 
 def rgb_to_gray() -> Op:
-    """Luma from RGB: ``0.299 R + 0.587 G + 0.114 B`` (BT.601); 3 channels in, 1 out."""
+    """Luma from RGB: ``0.2989 R + 0.587 G + 0.114 B`` (torchvision's weights, BT.601's with red
+    0.2989 instead of 0.299); 3 channels in, 1 out."""
     rows = (GRAY_WEIGHTS,)
     return Op("rgb_to_gray", "map", in_channels=3, out_channels=1, emit=_linear_colour_emit(rows),
-              torch_fn=_linear_colour_torch(rows), flops=5, label="rgb_to_gray()")
+              torch_fn=_linear_colour_torch(rows), instructions=5, label="rgb_to_gray()")
 
 
 def rgb_to_yuv() -> Op:
     """YUV (BT.601 analogue) from RGB: a 3x3 matrix on each pixel; 3 channels in, 3 out."""
     return Op("rgb_to_yuv", "map", in_channels=3, out_channels=3,
               emit=_linear_colour_emit(YUV_MATRIX), torch_fn=_linear_colour_torch(YUV_MATRIX),
-              flops=5, label="rgb_to_yuv()")
+              instructions=5, label="rgb_to_yuv()")
 
 
 # ---------------------------------------------------------------------- reading
@@ -270,14 +317,14 @@ def resize(height: int, width: int) -> Op:
     if int(height) != height or int(width) != width or height < 1 or width < 1:
         raise ValueError(f"resize needs integer height, width >= 1, got ({height}, {width})")
     return Op("resize", "read", (int(height), int(width)), needs_float=False,
-              out_dtype=torch.float32, flops=6, label=f"resize({height}, {width})")
+              out_dtype=torch.float32, instructions=6, label=f"resize({height}, {width})")
 
 
 # ------------------------------------------------------------------- reductions
 
 def _reduction(name: str, identity: float, torch_fn) -> Op:
     return Op(name, "reduce", needs_float=False, out_dtype=torch.float32, torch_fn=torch_fn,
-              flops=1, label=f"{name}()")
+              instructions=1, label=f"{name}()")
 
 
 def reduce_sum() -> Op:

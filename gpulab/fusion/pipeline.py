@@ -375,10 +375,15 @@ class Pipeline:
                   "crop": 0, "resize": 1}
         return sum(counts.get(op.name, 1) for op in self.ops)
 
-    def flops_per_pixel(self) -> int:
+    def instructions_per_pixel(self) -> int:
+        """A rough estimate of the instructions the fused kernel spends per output pixel: the
+        sum of the ops' estimates (an FMA is one instruction, a precise sigmoid about 20).
+        Instructions, not FLOPs: compare them with the SM's issue rate (an instruction
+        roofline), not with a FLOP/s peak. On a GPU :func:`gpulab.fusion.isa.instruction_counts`
+        counts the real ones in the compiled kernel."""
         c, total = self.channels, 0
         for op in self.ops:
-            total += op.flops * (c if op.in_channels is None else 1)
+            total += op.instructions * (c if op.in_channels is None else 1)
             if op.kind == "map":
                 c = op.channels_after(c)
         return total

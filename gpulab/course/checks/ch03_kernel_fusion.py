@@ -4,6 +4,8 @@ Task 1  compose the library's operations into a pipeline that matches a torch pr
 Task 2  fuse a chain of elementwise ops by hand: one kernel, one grid-stride loop
 Task 3  fuse a final reduction: a block tree in shared memory, one atomic per block
 Task 4  horizontal fusion: items of different sizes in one flat buffer, one launch
+Task 5  FKL's core idea: a new reusable operation (its code template and its torch twin) that
+        fuses with the library's others, its parameters travelling at run time
 
 The engine launches the learner's kernels itself, with a small grid (so a kernel without
 a grid-stride loop leaves elements unwritten) whose size varies from size to size
@@ -34,7 +36,8 @@ from .engine import FUNCTION, KERNEL, Hint, Planted, Sizes, Task
 
 __all__ = ["TASK_BLOCK", "TASK_GRID", "TASK_GRIDS", "MEAN", "STD", "task1_preprocess", "check_task1",
            "task2_reference", "check_task2", "task3_reference", "check_task3", "make_batch",
-           "task4_reference", "check_task4", "PIPELINE", "FUSED_CHAIN", "FUSED_SUM", "BATCH"]
+           "task4_reference", "check_task4", "task5_reference", "check_task5", "PIPELINE", "FUSED_CHAIN",
+           "FUSED_SUM", "BATCH", "SOFTPLUS"]
 
 #: threads per block the checks launch with (a power of two; small under the simulator)
 TASK_BLOCK = BLOCK
@@ -418,6 +421,120 @@ BATCH = Task(
 check_task4 = BATCH.checker()
 
 
+# ------------------------------------------------------------------------ task 5
+
+#: the library's own map operations: task 5 wants a new one
+_LIBRARY_OPS = ("add", "mul", "affine", "square", "abs", "relu", "leaky_relu", "sigmoid", "tanh", "clamp",
+                "to_float32", "to_uint8", "normalize", "rgb_to_gray", "rgb_to_yuv")
+#: the chain task 5 fuses the learner's operation into: the library's ops before and after it
+_BEFORE, _AFTER = (2.0, -1.0), 0.5
+
+
+@reference
+def task5_reference(x: torch.Tensor, beta: float, threshold: float) -> tuple:
+    """The chain with torch's softplus in the middle: ``0.5 * softplus(2 x - 1, beta, threshold)``,
+    twice: what the fused kernel must give and what the operation's torch twin must give."""
+    y = F.softplus(x * _BEFORE[0] + _BEFORE[1], beta=beta, threshold=threshold) * _AFTER
+    return y, y.clone()
+
+
+def _make_softplus_inputs(size, gen):
+    n, beta, threshold = size
+    # 2 x - 1 spans about (-19, 17): beta * (2x - 1) crosses the threshold in both directions
+    return (torch.randn(n, generator=gen) * 3, beta, threshold)
+
+
+def _softplus_in_a_chain(factory):
+    """What the check runs: the learner's operation between two of the library's, fused."""
+    def run(x, beta, threshold):
+        op = factory(beta, threshold)
+        pipe = Pipeline(fk.affine(*_BEFORE), op, fk.mul(_AFTER))
+        fused = pipe(x)
+        twin = op.torch_fn(x * _BEFORE[0] + _BEFORE[1], op.params) * _AFTER   # the op's torch twin alone
+        return fused, twin
+    return run
+
+
+def _builds_a_new_op(factory):
+    try:
+        op = factory(1.0, 20.0)
+    except Exception as exc:  # noqa: BLE001  (say what went wrong instead of crashing the check)
+        return f"softplus(1.0, 20.0) raised {type(exc).__name__}: {exc}"
+    if not isinstance(op, fk.Op) or op.kind != "map":
+        return (f"softplus(beta, threshold) must return an elementwise operation made with fk.map_op(...), "
+                f"got {type(op).__name__}")
+    if op.name in _LIBRARY_OPS:
+        return (f"fk.{op.name} is one of the library's operations: write your own with "
+                "fk.map_op(name, template, torch_fn, params=...)")
+    return None
+
+
+def _parameters_travel_at_run_time(factory):
+    try:
+        a, b = factory(1.0, 20.0), factory(2.0, 3.0)
+    except Exception:  # noqa: BLE001  (_builds_a_new_op has said it)
+        return None
+    if a.key() != b.key():
+        return ("two values of beta or threshold gave two different operations (the values are written "
+                "into the code, so each would compile its own kernel): write {p0} and {p1} in the template "
+                "and pass params=(beta, threshold), so one compiled kernel serves every value, as FKL's "
+                "operations carry their parameters at run time")
+    if len(a.params) != 2 or tuple(a.params) != (1.0, 20.0):
+        return f"pass params=(beta, threshold) in that order, got params={a.params}"
+    return None
+
+
+def _kernel_wrong_twin_right(case) -> bool:
+    fused, twin = (o.cpu() if isinstance(o, torch.Tensor) else o for o in case.outputs[:2])
+    ref = case.expected[0].cpu()
+    return (isinstance(fused, torch.Tensor) and isinstance(twin, torch.Tensor)
+            and not torch.allclose(fused, ref, rtol=1e-5, atol=1e-5) and torch.allclose(twin, ref, rtol=1e-5, atol=1e-5))
+
+
+def _twin_wrong_kernel_right(case) -> bool:
+    fused, twin = (o.cpu() if isinstance(o, torch.Tensor) else o for o in case.outputs[:2])
+    ref = case.expected[0].cpu()
+    return (isinstance(fused, torch.Tensor) and isinstance(twin, torch.Tensor)
+            and torch.allclose(fused, ref, rtol=1e-5, atol=1e-5) and not torch.allclose(twin, ref, rtol=1e-5, atol=1e-5))
+
+
+def _softplus_variant(no_threshold=False, threshold_on_x=False, no_divide=False):
+    def chain(x, beta, threshold):
+        z = x * _BEFORE[0] + _BEFORE[1]
+        smooth = torch.log1p(torch.exp(z * beta)) / (1.0 if no_divide else beta)
+        if no_threshold:
+            return smooth * _AFTER
+        linear = (z if threshold_on_x else z * beta) > threshold
+        return torch.where(linear, z, smooth) * _AFTER
+    return chain
+
+
+SOFTPLUS = Task(
+    chapter="03", number=5, title="a reusable operation of your own, fused with the library's", kind=FUNCTION,
+    reference=task5_reference, make_inputs=_make_softplus_inputs,
+    # (elements, beta, threshold): beta 1 and 2, thresholds that the inputs cross
+    sizes=Sizes(sim=[(7, 1.0, 20.0), (4 * BLOCK + 5, 2.0, 3.0)], hidden=[(BLOCK + 1, 0.5, 1.5)],
+                gpu=[(1_000_003, 1.5, 4.0)]),
+    rtol=1e-5, atol=1e-5, adapt=_softplus_in_a_chain,
+    requires=[_builds_a_new_op, _parameters_travel_at_run_time], candidate_name="your softplus",
+    hints=[
+        Hint(_kernel_wrong_twin_right, "Your torch twin is right but the fused kernel is not: the template (the "
+                                       "GPU code) differs from the twin"),
+        Hint(_twin_wrong_kernel_right, "The fused kernel is right but your torch twin is not: the twin must be "
+                                       "the same operation in torch, F.softplus(x, beta=p[0], threshold=p[1])"),
+        Hint.matches(_softplus_variant(no_threshold=True), "Above the threshold softplus is linear: "
+                     "{x} if {x} * {p0} > {p1} else ... (torch reverts to x where x * beta > threshold)",
+                     rtol=1e-5, atol=1e-5),
+        Hint.matches(_softplus_variant(threshold_on_x=True), "The threshold applies to x * beta, not to x",
+                     rtol=1e-5, atol=1e-5),
+        Hint.matches(_softplus_variant(no_divide=True), "softplus is log(1 + exp(beta x)) / beta: the division "
+                     "by beta is missing", rtol=1e-5, atol=1e-5),
+    ],
+    solution="softplus",
+)
+check_task5 = SOFTPLUS.checker()
+
+
 # ------------------------------------------------------------------ planted wrong answers
 # Plausible mistakes of each task. tests/chNN_slug/test_chNN_planted.py requires every one to be
 # rejected with feedback containing its `expect` phrase.
@@ -577,4 +694,35 @@ BATCH.planted = [
     Planted("tanh missing", _make_batch_kernel("no_tanh"), "tanh is missing"),
     Planted("stride hard-coded to TASK_GRID * TASK_BLOCK", _make_batch_kernel("fixed_stride"), "not a number"),
     Planted("starts one past the item's start", _make_batch_kernel("skips_first"), "first element of each item"),
+]
+
+
+_GOOD_TEMPLATE = "{x} if {x} * {p0} > {p1} else math.log1p(math.exp({x} * {p0})) / {p0}"
+
+
+def _softplus_twin(x, p):
+    return F.softplus(x, beta=p[0], threshold=p[1])
+
+
+def _make_softplus(template=_GOOD_TEMPLATE, twin=_softplus_twin, baked=False, name="softplus"):
+    def softplus(beta=1.0, threshold=20.0):
+        if baked:   # the values written into the code: every value compiles a kernel of its own
+            code = template.replace("{p0}", repr(float(beta))).replace("{p1}", repr(float(threshold)))
+            return fk.map_op(name, code, twin, params=())
+        return fk.map_op(name, template, twin, params=(beta, threshold))
+    return softplus
+
+
+SOFTPLUS.planted = [
+    Planted("no threshold branch", _make_softplus("math.log1p(math.exp({x} * {p0})) / {p0}"), "linear"),
+    Planted("threshold compared with x", _make_softplus(
+        "{x} if {x} > {p1} else math.log1p(math.exp({x} * {p0})) / {p0}"), "not to x"),
+    Planted("no division by beta", _make_softplus(
+        "{x} if {x} * {p0} > {p1} else math.log1p(math.exp({x} * {p0}))"), "division by beta"),
+    Planted("parameters swapped in the template", _make_softplus(
+        "{x} if {x} * {p1} > {p0} else math.log1p(math.exp({x} * {p1})) / {p1}"), "template"),
+    Planted("values baked into the code", _make_softplus(baked=True), "run time"),
+    Planted("torch twin ignores beta and threshold", _make_softplus(twin=lambda x, p: F.softplus(x)), "twin"),
+    Planted("a library op", lambda beta=1.0, threshold=20.0: fk.sigmoid(), "library's operations"),
+    Planted("the reference itself", task5_reference, "softplus(1.0, 20.0)"),
 ]
