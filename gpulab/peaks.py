@@ -6,6 +6,11 @@ operations it must do over the FP32 peak. Datasheet numbers are leads, so gpulab
 both on the machine itself (a large device-to-device copy counting bytes read plus
 written; a large FP32 matrix product with TF32 off) and caches them per device in
 ``~/.cache/gpulab/peaks.json`` (``GPULAB_CACHE`` moves it).
+
+The cache is a convenience, not a source to trust: a file is read only when this user
+owns it and nobody else may write it (or its folder), and it is written private (0600).
+A verifier, whose child runs untrusted code, uses :func:`trusted_peaks` instead: measured
+in this process, once, and never read from any file another process could rewrite.
 """
 from __future__ import annotations
 
@@ -19,7 +24,7 @@ import torch
 from . import runtime
 from .harness import bench
 
-__all__ = ["Peaks", "machine_peaks", "roofline", "Roofline"]
+__all__ = ["Peaks", "machine_peaks", "trusted_peaks", "cache_is_trustworthy", "roofline", "Roofline"]
 
 
 @dataclass
@@ -68,12 +73,35 @@ def _measure() -> Peaks:
     return Peaks(_device_name(), round(copy_gbps, 1), round(gflops, 1), clock)
 
 
+def cache_is_trustworthy(path: Path) -> bool:
+    """Owned by this user, and neither it nor its folder writable by anyone else."""
+    try:
+        for item in (path, path.parent):
+            st = item.stat()
+            if st.st_uid != os.geteuid() or st.st_mode & 0o022:
+                return False
+    except OSError:
+        return False
+    return True
+
+
+_MEASURED: dict[str, Peaks] = {}
+
+
+def trusted_peaks() -> Peaks:
+    """The peaks measured in this process (once per device), never read from a file."""
+    name = _device_name()
+    if name not in _MEASURED:
+        _MEASURED[name] = _measure()
+    return _MEASURED[name]
+
+
 def machine_peaks(refresh: bool = False) -> Peaks:
     """Copy bandwidth and FP32 peak of the current device, measured once then cached."""
     path = _cache_file()
     name = _device_name()
     cache = {}
-    if path.exists():
+    if path.exists() and cache_is_trustworthy(path):
         try:
             cache = json.loads(path.read_text())
         except (OSError, ValueError):
@@ -83,9 +111,11 @@ def machine_peaks(refresh: bool = False) -> Peaks:
     peaks = _measure()
     cache[name] = asdict(peaks)
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
+        path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
         tmp = path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(cache, indent=1))
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write(json.dumps(cache, indent=1))
         tmp.replace(path)
     except OSError:
         pass  # a read-only home still gets the numbers, just not cached

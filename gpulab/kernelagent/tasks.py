@@ -71,6 +71,18 @@ class Task:
                              f"inputs {self.input_names}")
         return xs
 
+    def device_inputs(self, shape, seed: int, device) -> tuple[torch.Tensor, ...]:
+        """Inputs for ``shape`` drawn from ``seed`` by ``device``'s own generator, on it.
+
+        The verifier's timed runs draw fresh inputs at the timing size for every run: on
+        the device that takes microseconds, where the CPU generator takes far longer.
+        Parent and child draw the same numbers from the same seed on the same device.
+        """
+        device = torch.device(device)
+        gen = torch.Generator(device=device).manual_seed(int(seed))
+        with device:                      # torch.randn(...) inside make_inputs lands there
+            return tuple(self.make_inputs(tuple(shape), gen))
+
     def reference_source(self) -> str:
         """The reference's source, as a prompt to an LLM shows it."""
         return inspect.getsource(getattr(self.reference, "__wrapped__", self.reference))

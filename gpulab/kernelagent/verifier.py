@@ -5,18 +5,33 @@ them: a reward for "passes and is fast" is also a reward for fooling the check, 
 evolutionary search finds such tricks (robust-kbench, arXiv 2509.14279, and the
 KernelBench authors list many). :class:`Verifier` runs each candidate
 
+* through a **static checker** first (:mod:`.static_check`: allow-listed imports and
+  names, no stack or frame access, no patching, no tensor subclasses);
 * in a **separate process** (:mod:`gpulab.kernelagent.worker`) with a wall-time limit and a
   memory limit, so a crash, a hang or a memory hog costs the candidate, never the caller;
+  that process **cannot read the parent** and **nothing it starts outlives the verdict**
+  (:mod:`.isolation`: its own uid or a non-dumpable parent; a PID namespace or a
+  subreaper; the parent lists and kills the tree itself);
 * on **>= 5 seeds over several shapes** (a hard-coded shape is wrong on the others);
 * **before and after the reference** in the same process, on **fresh input copies**
   each run, into an output **poisoned with NaN** (an unwritten element is caught; an answer
   read from the reference's leftover memory is right only after the reference);
-* with the **expected outputs kept in the parent** (the child never holds the answer);
+* with the **expected outputs kept in the parent** (the child never holds the answer) and
+  every output **compared in the parent**; replies come over a **private pipe** and must
+  answer exactly what was asked (a nonce, no more keys or records than requested);
+* timed (on a GPU) on **fresh inputs for every timed run**, each output checked here, the
+  reference timed **here** the same way, this process's clock against the CUDA events,
+  and the roofline bound from peaks **measured here** (:func:`gpulab.peaks.trusted_peaks`).
 
-and flags the known loopholes (see :data:`FLAGS`). Each verdict says what it found.
+and flags the known loopholes (see :data:`FLAGS`). Each verdict says what it found. A
+flag can come from the child's own record (torch calls, launches, audit events); such a
+record can only make a verdict worse, and the static checker refuses the means to edit
+it: a *pass* rests on what the parent checked itself.
 """
 from __future__ import annotations
 
+import math
+import mmap
 import os
 import secrets
 import selectors
@@ -34,10 +49,13 @@ import torch
 
 from .. import runtime, sandbox
 from ..harness import compare as _harness_compare
+from . import isolation
+from .isolation import Isolation
+from .static_check import check_source
 from .tasks import Task, get_task
-from .timing import plausible
+from .timing import plausible, summarize, timed_runs
 from . import worker as _worker_module
-from .worker import ALLOWED_FOR_KERNELS
+from .worker import ALLOWED_ATEN_FOR_KERNELS, ALLOWED_FOR_KERNELS
 
 # the worker runs candidates while a notebook may be graded: declare it to the sandbox,
 # which lets it start (it installs the grading guard in itself first thing)
@@ -63,7 +81,19 @@ FLAGS = {
     "side_stream": "worked on another CUDA stream without joining the current one",
     "inspects_memory": "searched the process's objects (gc) as if for the answer",
     "implausible_speedup": "timed faster than the roofline allows",
-    "wrong_when_timed": "wrong at the timing shape or after the timed runs (right only when checked)",
+    "wrong_when_timed": "wrong in a timed run (each on fresh inputs, each checked): right only when checked",
+    # the layers added against candidates written to attack the verifier itself
+    "static_check": "the source breaks a rule of the static checker (refused before it ran)",
+    "inspects_worker": "walked up the stack (sys._getframe) into the worker's own objects",
+    "patches_objects": "patched a class or swapped an object's class while running",
+    "tampered_output": "an output or input was no longer a plain torch.Tensor after solve",
+    "starts_processes": "started another process",
+    "left_processes": "a process it started was still running after its runs (all were killed)",
+    "reads_parent": "opened another process's /proc files (the parent's memory)",
+    "writes_files": "opened a file for writing",
+    "raw_memory": "reached memory through ctypes",
+    "forged_reply": "a reply the worker did not write (wrong nonce, more than asked, or a second one)",
+    "timing_mismatch": "the CUDA events and this process's own clock disagree",
 }
 
 
@@ -138,9 +168,9 @@ def detect_kind(source: str) -> str:
 # ------------------------------------------------------------------ the child
 
 class _WorkerDied(Exception):
-    def __init__(self, status: str, message: str):
+    def __init__(self, status: str, message: str, flag: str | None = None):
         super().__init__(message)
-        self.status, self.message = status, message
+        self.status, self.message, self.flag = status, message, flag
 
 
 def _rss_mb(pid: int) -> float:
@@ -151,29 +181,71 @@ def _rss_mb(pid: int) -> float:
         return 0.0
 
 
-class _Worker:
-    """One child process and its JSON-lines pipe."""
+#: the keys each reply may carry: a reply with more is not the worker's
+_REPLY_KEYS = {
+    "load": {"status", "error", "nonce"},
+    "run": {"status", "errors", "side_streams", "tampered", "record", "error", "nonce"},
+    "time": {"status", "error", "times_ms", "clock", "tampered", "record", "nonce"},
+    "end": {"status", "nonce", "error"},
+}
+_RECORD_KEYS = {"torch_ops", "aten_ops", "launches", "empty_launches", "blind_launches", "streams",
+                "reference_called", "events"}
 
-    def __init__(self, workdir: str, memory_limit_mb: int, startup_timeout_s: float):
+
+#: flags after which the worker is not reused: the candidate may have changed it from inside
+_TAINTING = frozenset({"inspects_worker", "patches_objects", "raw_memory", "starts_processes",
+                       "left_processes", "reads_parent", "writes_files", "inspects_memory"})
+
+
+class _Worker:
+    """One child process tree (keeper, worker), its private reply pipe and shared area."""
+
+    def __init__(self, workdir: str, memory_limit_mb: int, startup_timeout_s: float, iso: Isolation):
         self.workdir = workdir
         self.memory_limit_mb = memory_limit_mb
         self.log_path = os.path.join(workdir, "worker.log")
-        env = dict(os.environ, GPULAB_QUIET="1", GPULAB_MODE=runtime.MODE,
-                   GPULAB_VERIFIER_MEMORY_MB=str(memory_limit_mb),
-                   PYTHONFAULTHANDLER="1")
+        home = os.path.join(workdir, "home")
+        os.makedirs(home, exist_ok=True)
+        if iso.uid is not None:
+            os.chown(home, iso.uid, iso.uid)
+        self._reply, reply_w = os.pipe()
+        self._events, events_w = os.pipe()
+        os.set_blocking(self._events, False)
+        self.events: dict[str, str] = {}
+        self.area_fd = os.memfd_create("gpulab-verifier-area")
+        self.area_size = 0
+        self.area = None
+        env = dict(os.environ, GPULAB_QUIET="1", GPULAB_MODE=runtime.MODE, HOME=home,
+                   GPULAB_VERIFIER_MEMORY_MB=str(memory_limit_mb), PYTHONFAULTHANDLER="1",
+                   **{_worker_module.REPLY_FD_ENV: str(reply_w), _worker_module.AREA_FD_ENV: str(self.area_fd),
+                      _worker_module.EVENT_FD_ENV: str(events_w)},
+                   **iso.env())
         self.log = open(self.log_path, "ab")
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", _worker_module.__name__], stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE, stderr=self.log, cwd=workdir, env=env,
-            start_new_session=True)  # its own process group: a kill takes its children too
+        try:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", _worker_module.__name__], stdin=subprocess.PIPE,
+                stdout=self.log, stderr=self.log, cwd=workdir, env=env,
+                pass_fds=(reply_w, events_w, self.area_fd), start_new_session=True)
+        finally:
+            os.close(reply_w)      # the worker holds the only write ends
+            os.close(events_w)
         self._buffer = b""
-        ready = self._read(startup_timeout_s)
-        self.baseline_rss_mb = _rss_mb(self.proc.pid)
+        self.pid = None
+        try:
+            ready = self._read(startup_timeout_s)
+        except _WorkerDied as died:
+            raise RuntimeError(f"verifier worker did not start: {died.message}\n{self.log_tail()}") from None
         if not ready.get("ready"):
             raise RuntimeError(f"verifier worker did not start: {ready}")
+        below = isolation.descendants(self.proc.pid)
+        self.pid = below[0] if below else self.proc.pid
+        self.namespace = ready.get("namespace", "?")
+        self.uid = ready.get("uid")
+        self.namespace_id = isolation.namespace_of(self.pid) if "pid" in self.namespace else None
+        self.baseline_rss_mb = _rss_mb(self.pid)
 
     def alive(self) -> bool:
-        return self.proc.poll() is None
+        return self.proc.poll() is None and (self.pid is None or os.path.exists(f"/proc/{self.pid}"))
 
     def log_tail(self, chars: int = 1500) -> str:
         try:
@@ -183,34 +255,105 @@ class _Worker:
         except OSError:
             return ""
 
+    def others(self) -> list[int]:
+        """Processes of the worker's tree other than keeper and worker (read from /proc
+        here, by the parent): in its PID namespace, or re-parented to its keeper."""
+        found = set(isolation.descendants(self.proc.pid))
+        if self.namespace_id:
+            found |= set(isolation.processes_in_namespace(self.namespace_id))
+        return sorted(found - {self.pid, self.proc.pid})
+
     def kill(self) -> None:
-        if self.proc.poll() is None:
-            try:
-                os.killpg(self.proc.pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
+        if self.proc.poll() is None or self.others():
+            isolation.kill_tree(self.proc.pid)
         self.proc.wait()
-        for stream in (self.proc.stdin, self.proc.stdout):
+        try:
+            self.proc.stdin.close()
+        except OSError:
+            pass
+        for fd in (self._reply, self._events, self.area_fd):
             try:
-                stream.close()
+                os.close(fd)
             except OSError:
                 pass
+        if self.area is not None:
+            self.area.close()
+            self.area = None
         self.log.close()
 
+    def drain_events(self) -> dict[str, str]:
+        """The audit findings the worker wrote to the event pipe so far (cumulative)."""
+        data = b""
+        while True:
+            try:
+                chunk = os.read(self._events, 1 << 16)
+            except (BlockingIOError, OSError):
+                break
+            if not chunk:
+                break
+            data += chunk
+        for line in data.splitlines():
+            try:
+                item = json.loads(line)
+            except ValueError:
+                continue
+            if isinstance(item, dict):
+                for k, v in item.items():
+                    self.events.setdefault(str(k), str(v))
+        return self.events
+
+    # -- the shared area
+    def ensure_area(self, size: int) -> mmap.mmap:
+        if size > self.area_size:
+            os.ftruncate(self.area_fd, size)
+            self.area_size = size
+            if self.area is not None:
+                self.area.close()
+            self.area = mmap.mmap(self.area_fd, size)
+        return self.area
+
+    def view(self, slot: dict) -> torch.Tensor:
+        dtype = getattr(torch, slot["dtype"])
+        count = math.prod(slot["shape"])
+        if count == 0:
+            return torch.empty(slot["shape"], dtype=dtype)
+        return torch.frombuffer(self.area, dtype=dtype, count=count, offset=slot["offset"]).view(slot["shape"])
+
+    # -- requests
     def request(self, obj: dict, timeout_s: float) -> dict:
+        nonce = secrets.token_hex(8)
+        obj = dict(obj, nonce=nonce)
         try:
             self.proc.stdin.write((json.dumps(obj) + "\n").encode())
             self.proc.stdin.flush()
         except (BrokenPipeError, OSError):
             raise self._died() from None
-        return self._read(timeout_s)
+        reply = self._read(timeout_s)
+        if not isinstance(reply, dict) or reply.get("nonce") != nonce:
+            raise _WorkerDied("fail", "a reply that does not answer the parent's request (wrong nonce): "
+                              "written by the candidate", "forged_reply")
+        extra = set(reply) - _REPLY_KEYS[obj["op"]]
+        if extra or (isinstance(reply.get("record"), dict) and set(reply["record"]) - _RECORD_KEYS):
+            raise _WorkerDied("fail", f"the reply to {obj['op']!r} claims more than was asked "
+                              f"({sorted(extra) or 'record keys'}): not the worker's", "forged_reply")
+        if self._buffer:
+            raise _WorkerDied("fail", "more than one reply to one request: written by the candidate",
+                              "forged_reply")
+        return reply
 
     def _died(self) -> _WorkerDied:
-        code = self.proc.wait()
-        if code < 0:
-            name = signal.Signals(-code).name
+        deadline = time.monotonic() + 5
+        while self.alive() and time.monotonic() < deadline:
+            time.sleep(0.01)
+        code = self.proc.poll()
+        if code is None:
+            self.kill()
+            code = self.proc.returncode
+        if code < 0 or code > 128:
+            signum = -code if code < 0 else code - 128
+            name = signal.Signals(signum).name if signum in signal.Signals._value2member_map_ else str(signum)
             how = f"killed by signal {name}"
-            if -code == signal.SIGKILL:
+            if signum == signal.SIGKILL:
                 return _WorkerDied("crashed", how + " (out of memory, or killed)")
         else:
             how = f"exited with code {code}"
@@ -219,8 +362,7 @@ class _Worker:
     def _read(self, timeout_s: float) -> dict:
         deadline = time.monotonic() + timeout_s
         sel = selectors.DefaultSelector()
-        sel.register(self.proc.stdout, selectors.EVENT_READ)
-        fd = self.proc.stdout.fileno()
+        sel.register(self._reply, selectors.EVENT_READ)
         try:
             while b"\n" not in self._buffer:
                 left = deadline - time.monotonic()
@@ -228,19 +370,39 @@ class _Worker:
                     self.kill()
                     raise _WorkerDied("timeout", f"no answer within {timeout_s:g} s: stopped")
                 if sel.select(min(left, 0.1)):
-                    chunk = os.read(fd, 1 << 16)
+                    chunk = os.read(self._reply, 1 << 16)
                     if not chunk:
                         raise self._died()
                     self._buffer += chunk
-                elif (self.memory_limit_mb > 0 and hasattr(self, "baseline_rss_mb")
-                      and _rss_mb(self.proc.pid) > self.baseline_rss_mb + self.memory_limit_mb):
+                elif not self.alive():
+                    raise self._died()
+                elif (self.memory_limit_mb > 0 and self.pid is not None
+                      and _rss_mb(self.pid) > self.baseline_rss_mb + self.memory_limit_mb):
                     self.kill()
                     raise _WorkerDied("out_of_memory", f"resident memory above the limit of "
                                       f"{self.memory_limit_mb} MB over the worker's start: stopped")
         finally:
             sel.close()
         line, self._buffer = self._buffer.split(b"\n", 1)
-        return json.loads(line)
+        try:
+            return json.loads(line)
+        except ValueError:
+            raise _WorkerDied("fail", "a reply that is not the worker's JSON: written by the candidate",
+                              "forged_reply") from None
+
+
+class _Layout:
+    """Where each tensor of one request sits in the shared area (decided by the parent)."""
+
+    def __init__(self):
+        self.size = 0
+
+    def slot(self, shape, dtype) -> dict:
+        dtype = str(dtype).removeprefix("torch.")
+        nbytes = math.prod(shape) * getattr(torch, dtype).itemsize
+        slot = {"offset": self.size, "shape": list(shape), "dtype": dtype}
+        self.size += -(-nbytes // 64) * 64          # 64-byte aligned, like an allocation
+        return slot
 
 
 # --------------------------------------------------------------- the verifier
@@ -263,22 +425,26 @@ def _close(a, b, rtol, atol) -> bool:
 
 
 class Verifier:
-    """Runs candidates in a child process and judges them (see the module docstring).
+    """Runs candidates in an isolated child process and judges them (see the module docstring).
 
     ``seeds``: how many random cases (at least 5), spread over the task's shapes.
     ``seed``: the first seed (``None``: a fresh random one, so a candidate cannot learn the
     test inputs). ``time_limit_s`` covers one candidate; ``memory_limit_mb`` (default 2 GB
-    under the simulator, 8 GB on a GPU) is on top of the worker's own memory. ``timing`` (default: on a GPU) times candidate and reference.
-    ``extra_checks``: :class:`LoopholeCheck` objects of your own.
+    under the simulator, 8 GB on a GPU) is on top of the worker's own memory. ``timing``
+    (default: on a GPU) times candidate and reference. ``extra_checks``:
+    :class:`LoopholeCheck` objects of your own. ``static_check`` (default on) refuses
+    source that breaks :mod:`.static_check`'s rules before it runs; off, only the
+    runtime layers judge (the tests use that to show each layer holds on its own).
 
     One worker serves many candidates (starting one re-imports torch and numba: seconds);
-    it is restarted after a crash, a hang or a memory hog. Use as a context manager or
-    call :meth:`close`.
+    it is restarted after a crash, a hang, a memory hog or a process left behind. Use as a
+    context manager or call :meth:`close`.
     """
 
     def __init__(self, seeds: int = 5, seed: int | None = None, time_limit_s: float = 60.0,
                  memory_limit_mb: int | None = None, timing: bool | None = None,
-                 extra_checks=(), startup_timeout_s: float = 180.0, perturb: bool = True):
+                 extra_checks=(), startup_timeout_s: float = 180.0, perturb: bool = True,
+                 static_check: bool = True):
         if seeds < 5:
             raise ValueError(f"seeds must be at least 5 (KernelBench uses 5 trials), got {seeds}")
         if time_limit_s <= 0:
@@ -294,11 +460,18 @@ class Verifier:
         self.extra_checks = list(extra_checks)
         self.startup_timeout_s = startup_timeout_s
         self.perturb = perturb
+        self.static_check = static_check
+        self.isolation = isolation.detect()
+        if self.isolation.uid is None:
+            isolation.make_undumpable()   # same user as the worker: refuse it /proc/<us>/mem
         self.workdir = tempfile.mkdtemp(prefix="gpulab-verifier-")
+        os.chmod(self.workdir, 0o711)     # the worker may enter (candidate files), not list
         self._worker: _Worker | None = None
         self._count = 0
         self.restarts = 0
         self._peaks = None
+        self._reference_timings: dict = {}
+        self.last_overhead: dict = {}
 
     # -- lifecycle
     def _ensure_worker(self) -> _Worker:
@@ -306,8 +479,16 @@ class Verifier:
             if self._worker is not None:
                 self._worker.kill()
                 self.restarts += 1
-            self._worker = _Worker(self.workdir, self.memory_limit_mb, self.startup_timeout_s)
+            self._worker = _Worker(self.workdir, self.memory_limit_mb, self.startup_timeout_s, self.isolation)
         return self._worker
+
+    @property
+    def isolation_description(self) -> str:
+        """How the current worker is kept apart (starts one if none is running)."""
+        worker = self._ensure_worker()
+        uid = f"uid {worker.uid}" if self.isolation.uid is not None else "the same uid (parent non-dumpable)"
+        return f"worker as {uid}, in {worker.namespace}" + (
+            " namespace" if "pid" in worker.namespace else " mode (a subreaper keeper)")
 
     def close(self) -> None:
         if self._worker is not None:
@@ -362,36 +543,199 @@ class Verifier:
         kind = detect_kind(source) if kind == "auto" else kind
         if kind not in ("numba", "torch"):
             raise ValueError(f"kind must be 'numba', 'torch' or 'auto', got {kind!r}")
+        started = time.perf_counter()
+        if self.static_check:
+            findings = check_source(source, kind)
+            if findings:
+                detail = "; ".join(str(f) for f in findings[:3])
+                more = f" (and {len(findings) - 3} more)" if len(findings) > 3 else ""
+                return Verdict(task.name, kind, "fail", {"static_check": detail + more},
+                               message="the static checker refused it before it ran: " + detail + more)
         cases = self._cases(task)
         self._count += 1
-        inputs_path = os.path.join(self.workdir, f"inputs_{self._count}.pt")
-        results_path = os.path.join(self.workdir, f"results_{self._count}.pt")
-        torch.save([{"inputs": c["inputs"], "runs": c["runs"], "out_shape": list(c["expected"].shape),
-                     "out_dtype": str(c["expected"].dtype).removeprefix("torch.")} for c in cases],
-                   inputs_path)
-        request = {"op": "verify", "task": task.name, "source": source, "time": self.timing,
-                   "module_path": os.path.join(self.workdir, f"cand_{self._count}.py"),
-                   "inputs_path": inputs_path, "results_path": results_path}
+        path = os.path.join(self.workdir, f"cand_{self._count}.py")
+        with open(path, "w") as f:      # written here, read-only to the worker
+            f.write(source)
+        os.chmod(path, 0o444)
+        deadline = time.monotonic() + self.time_limit_s
+        left = lambda: max(deadline - time.monotonic(), 0.001)  # noqa: E731
+        flags: dict[str, str] = {}
+        worker = None
+        solve_s = 0.0
         try:
             worker = self._ensure_worker()
-            reply = worker.request(request, self.time_limit_s)
+            worker.events = {}
+            reply = worker.request({"op": "load", "task": task.name, "path": path}, left())
+            if reply.get("status") != "loaded":
+                worker.request({"op": "end"}, left())
+                return Verdict(task.name, kind, reply.get("status", "error"), message=str(reply.get("error", "")))
+            t0 = time.perf_counter()
+            results, reply = self._run_cases(worker, task, cases, left)
+            solve_s = time.perf_counter() - t0
+            timing = None
+            if self.timing and not any(r["error"] for r in results):
+                t0 = time.perf_counter()
+                timing = self._time(worker, task, left)
+                solve_s += time.perf_counter() - t0
+            try:
+                ended = worker.request({"op": "end"}, left())
+            except _WorkerDied as died:
+                if died.status != "crashed":
+                    raise
+                # it answered, then it was gone: a worker does not exit after a reply
+                raise _WorkerDied("fail", "the worker's process ended right after its reply: a reply "
+                                  "written by the candidate, which then exited", "forged_reply") from None
+            if ended.get("status") != "ended":
+                raise _WorkerDied("fail", "the worker did not end the candidate's turn", "forged_reply")
         except _WorkerDied as died:
-            tail = self._worker.log_tail() if self._worker else ""
-            if os.path.exists(results_path):   # half written by a worker that was stopped
-                os.remove(results_path)
-            return Verdict(task.name, kind, died.status, message=died.message, log_tail=tail)
+            dead = self._worker
+            tail = dead.log_tail() if dead else ""
+            events = dead.drain_events() if dead else {}
+            verdict = Verdict(task.name, kind, died.status, message=died.message, log_tail=tail)
+            if died.flag:
+                verdict.flags[died.flag] = died.message
+            for name, detail in events.items():
+                if name in FLAGS:
+                    verdict.flags.setdefault(name, detail)
+            if dead is not None:
+                dead.kill()
+                self._worker = None
+                self.restarts += 1
+            return verdict
         finally:
-            os.remove(inputs_path)
+            os.remove(path)
+        for name, detail in worker.drain_events().items():
+            if name in FLAGS:
+                flags.setdefault(name, detail)   # streamed as they happened: the candidate could not unsay them
+        left_behind = worker.others()
+        if left_behind:   # the parent counts them itself, then ends the whole tree
+            flags["left_processes"] = (f"{len(left_behind)} process(es) the candidate started were still "
+                                       "running after its runs: all were killed with the worker")
+        if left_behind or set(flags) & _TAINTING:
+            # a worker the candidate may have changed from inside serves no other candidate
+            worker.kill()
+            self._worker = None
+            self.restarts += 1
+        verdict = self._judge(task, kind, cases, results, reply, flags, timing)
+        total = time.perf_counter() - started
+        self.last_overhead = {"total_s": total, "candidate_s": solve_s, "overhead_s": total - solve_s}
+        return verdict
+
+    def _run_cases(self, worker: _Worker, task: Task, cases, left):
+        """The checked runs: inputs into the area, outputs back from it, compared here."""
+        layout = _Layout()
+        plan = []
+        for c in cases:
+            ins = [layout.slot(x.shape, x.dtype) for x in c["inputs"]]
+            outs = [layout.slot(c["expected"].shape, c["expected"].dtype) for _ in range(c["runs"])]
+            after = [layout.slot(x.shape, x.dtype) for x in c["inputs"]]
+            plan.append({"inputs": ins, "outs": outs, "after": after})
+        worker.ensure_area(layout.size)
+        for c, p in zip(cases, plan):
+            for x, slot in zip(c["inputs"], p["inputs"]):
+                worker.view(slot).copy_(x)
+            for slot in p["outs"] + p["after"]:
+                view = worker.view(slot)
+                if view.is_floating_point():
+                    view.fill_(float("nan"))   # a run that never wrote back is NaN, not zeros
+        reply = worker.request({"op": "run", "area_size": layout.size, "cases": plan}, left())
         if reply.get("status") != "ran":
-            return Verdict(task.name, kind, reply.get("status", "error"), message=reply.get("error", ""))
-        results = [_unpack_record(r) for r in torch.load(results_path, weights_only=True)]
-        os.remove(results_path)
-        return self._judge(task, kind, cases, results, reply)
+            raise _WorkerDied(reply.get("status", "error"), str(reply.get("error", "")))
+        for key in ("errors", "side_streams", "tampered"):
+            if not isinstance(reply.get(key), list) or len(reply[key]) != len(cases):
+                raise _WorkerDied("fail", f"the reply's {key!r} does not match the {len(cases)} cases asked "
+                                  "for: not the worker's", "forged_reply")
+        results = []
+        for c, p, error, side, swapped in zip(cases, plan, reply["errors"], reply["side_streams"], reply["tampered"]):
+            if swapped and not error:   # its values were never read: they would be computed on reading
+                error = "the output was no longer a plain torch.Tensor after solve (not read)"
+            outs = [] if error else [worker.view(slot).clone() for slot in p["outs"]]
+            after = None if error else tuple(worker.view(slot).clone() for slot in p["after"])
+            results.append({"outs": outs, "inputs_after": after, "error": error,
+                            "side_stream": bool(side), "tampered": bool(swapped)})
+        return results, reply
+
+    def _time(self, worker: _Worker, task: Task, left) -> dict:
+        """Timed runs of the candidate in the worker, each on fresh inputs and checked here;
+        the reference timed here the same way; the host clock of this process against the
+        worker's CUDA events."""
+        shape = tuple(task.timing_shape if runtime.ON_GPU else task.shapes[0])
+        runs = runtime.pick(sim=3, gpu=10)
+        seed = secrets.randbelow(2**31)
+        rtol, atol = task.tolerance
+        with torch.no_grad():
+            probe = task.reference(*task.device_inputs(shape, seed, runtime.device))
+        layout = _Layout()
+        slots = [layout.slot(probe.shape, probe.dtype) for _ in range(runs)]
+        worker.ensure_area(layout.size)
+        for slot in slots:
+            worker.view(slot).fill_(float("nan"))
+        t0 = time.perf_counter()
+        reply = worker.request({"op": "time", "area_size": layout.size, "shape": list(shape), "seed": seed,
+                                "outs": slots, "warmup": 2}, left())
+        wall_s = time.perf_counter() - t0
+        problems = []
+        if reply.get("error"):
+            problems.append(f"raised {reply['error']} in a timed run at shape {shape}")
+            return {"shape": list(shape), "problems": problems, "record": reply.get("record") or {}}
+        times = reply.get("times_ms")
+        if not isinstance(times, list) or len(times) != runs or not all(isinstance(t, (int, float)) for t in times):
+            raise _WorkerDied("fail", "the timing reply does not match the runs asked for: not the worker's",
+                              "forged_reply")
+        if reply.get("tampered"):
+            problems.append(f"the output of timed run(s) {reply['tampered']} was no longer a plain tensor")
+        with torch.no_grad():
+            for i, slot in enumerate(slots):
+                expected = task.reference(*task.device_inputs(shape, seed + i, runtime.device))
+                got = worker.view(slot).to(runtime.device)
+                wrong = compare(got, expected, rtol, atol)[0]
+                if wrong:
+                    problems.append(f"timed run {i + 1} of {runs} (fresh inputs, shape {shape}) was wrong: {wrong}")
+                    break
+        ref = self._reference_timing(task, shape, runs)
+        cand = summarize("candidate", times, reply.get("clock", ""))
+        events_s, ref_gap = sum(times) / 1e3, ref["gap_s"]
+        gap = wall_s - events_s
+        mismatch = None
+        if events_s > 1.05 * wall_s + 1e-3:
+            mismatch = (f"the timed runs claim {events_s * 1e3:.4g} ms but only {wall_s * 1e3:.4g} ms passed "
+                        "here: the timer was not the worker's")
+        elif gap > 4 * ref_gap + 0.25 + 3 * max(times) / 1e3:   # the warm-up calls are in it too
+            mismatch = (f"{gap:.3g} s of host time outside the timed calls, against {ref_gap:.3g} s for the "
+                        "reference timed the same way: work the events did not see")
+        return {"shape": list(shape), "candidate": cand.as_dict(), "reference": ref["summary"].as_dict(),
+                "problems": problems, "mismatch": mismatch, "wall_s": wall_s,
+                "record": reply.get("record") or {}}
+
+    def _reference_timing(self, task: Task, shape, runs: int) -> dict:
+        """The reference, timed in this process with the same protocol (cached per shape)."""
+        key = (task.name, shape)
+        if key not in self._reference_timings:
+            seed = secrets.randbelow(2**31)
+            probe = task.reference(*task.device_inputs(shape, seed, runtime.device))
+            host = torch.empty(probe.shape, dtype=probe.dtype)
+
+            def call(xs, out):
+                task.reference(*xs)
+
+            def new_out():
+                return torch.full(probe.shape, float("nan"), dtype=probe.dtype, device=runtime.device)
+
+            def sink(i, xs, out):
+                host.copy_(out)   # the same copy-out the worker makes
+
+            t0 = time.perf_counter()
+            with torch.no_grad():
+                result = timed_runs(call, lambda i: task.device_inputs(shape, seed + i, runtime.device),
+                                    new_out, sink, runs=runs, warmup=2)
+            wall = time.perf_counter() - t0
+            summary = summarize("torch eager", result["times_ms"], result["clock"])
+            self._reference_timings[key] = {"summary": summary, "gap_s": wall - sum(result["times_ms"]) / 1e3}
+        return self._reference_timings[key]
 
     # -- judging
-    def _judge(self, task: Task, kind: str, cases, results, reply) -> Verdict:
+    def _judge(self, task: Task, kind: str, cases, results, reply, flags, timing) -> Verdict:
         rtol, atol = task.tolerance
-        flags: dict[str, str] = {}
         problems: list[str] = []
         seed_cases = [(c, r) for c, r in zip(cases, results) if c["kind"] == "seed"]
         n_failed, max_err = 0, 0.0
@@ -449,24 +793,34 @@ class Verifier:
         if ignored:
             flags["ignores_input"] = "output unchanged when " + ", ".join(ignored) + " changed"
 
-        if reply.get("reference_called"):
-            flags["calls_reference"] = reply["reference_called"]
-        ops = set(reply.get("torch_ops", ()))
+        if any(r["tampered"] for r in results):
+            flags["tampered_output"] = "after solve an output or input was no longer a plain torch.Tensor"
+        record = _merge_records(reply.get("record") or {}, (timing or {}).get("record") or {})
+        if record["reference_called"]:
+            flags["calls_reference"] = record["reference_called"]
+        ops, aten = set(record["torch_ops"]), set(record["aten_ops"])
         if kind == "numba":
-            computing = sorted(ops - ALLOWED_FOR_KERNELS)
+            computing = sorted((ops - ALLOWED_FOR_KERNELS) | {f"aten.{a}" for a in aten - ALLOWED_ATEN_FOR_KERNELS})
             if computing:
                 flags["calls_torch_op"] = "computed with torch: " + ", ".join(computing)
-            elif reply.get("launches", 0) == 0 and not any(r["error"] for _, r in seed_cases):
-                flags["no_kernel"] = "no @gpulab.kernel launch while solving"
+            if record["launches"] == 0 and not any(r["error"] for _, r in seed_cases):
+                if record["empty_launches"]:
+                    why = "launched only with an empty grid (no thread ran)"
+                elif record["blind_launches"]:
+                    why = "its kernels were never given the output"
+                else:
+                    why = "no @gpulab.kernel launch while solving"
+                flags["no_kernel"] = why
         else:
-            library = sorted(ops & set(task.library_ops))
+            library = sorted((ops | aten) & set(task.library_ops))
             if library:
                 flags["calls_torch_op"] = "called the task's own op: " + ", ".join(library)
-        if reply.get("streams", 0) or any(r.get("side_stream") for r in results):
-            flags["side_stream"] = (f"created {reply.get('streams', 0)} stream(s); results must be "
+        if record["streams"] or any(r.get("side_stream") for r in results):
+            flags["side_stream"] = (f"created {record['streams']} stream(s); results must be "
                                     "complete when the current stream is")
-        if reply.get("snooped"):
-            flags["inspects_memory"] = "called gc.get_objects/get_referrers while solving"
+        for name, detail in record["events"].items():
+            if name in FLAGS:
+                flags.setdefault(name, detail)
 
         for check in self.extra_checks:
             extra = [{"inputs": c["inputs"], "expected": c["expected"],
@@ -479,10 +833,8 @@ class Verifier:
 
         verdict = Verdict(task.name, kind, "fail", flags, cases=len(seed_cases), failed_cases=n_failed,
                           max_abs_error=max_err if n_failed < len(seed_cases) else None)
-        if reply.get("timing"):
-            self._add_timing(task, verdict, reply["timing"])
-        elif reply.get("timing_error"):
-            problems.append("timing failed: " + reply["timing_error"])
+        if timing:
+            self._add_timing(task, verdict, timing)
         if all(r["error"] for _, r in seed_cases) and not verdict.flags:
             verdict.status = "error"
         elif n_failed == 0 and not verdict.flags:
@@ -492,14 +844,22 @@ class Verifier:
         return verdict
 
     def _add_timing(self, task: Task, verdict: Verdict, timing: dict) -> None:
-        from ..peaks import machine_peaks
+        from ..peaks import machine_peaks, trusted_peaks
 
-        verdict.timing = timing
+        if timing.get("problems"):
+            verdict.flags["wrong_when_timed"] = "; ".join(timing["problems"])
+        if timing.get("mismatch"):
+            verdict.flags["timing_mismatch"] = timing["mismatch"]
+        if "candidate" not in timing:
+            return
+        verdict.timing = {k: timing[k] for k in ("shape", "candidate", "reference", "problems")}
         cand, ref = timing["candidate"]["median_ms"], timing["reference"]["median_ms"]
         verdict.speedup = ref / cand if cand > 0 else float("inf")
         shape = tuple(timing["shape"])
         if self._peaks is None:
-            self._peaks = machine_peaks()
+            # measured here on a GPU, never read from a file the worker could rewrite; the
+            # simulator's CPU figures bound nothing, so there the cache will do
+            self._peaks = trusted_peaks() if runtime.ON_GPU else machine_peaks()
         peaks = self._peaks
         nbytes, flops = task.bytes_moved(shape), task.flops(shape)
         verdict.feedback = {
@@ -512,21 +872,23 @@ class Verifier:
         verdict.feedback["roofline_fraction"] = float(bound) / cand if cand > 0 else float("inf")
         if not ok and runtime.ON_GPU:  # CPU wall times of simulated kernels bound nothing
             verdict.flags["implausible_speedup"] = why
-        if timing.get("problems"):
-            verdict.flags["wrong_when_timed"] = "; ".join(timing["problems"])
 
 
-def _unpacked(p) -> torch.Tensor:
-    dtype = getattr(torch, p["dtype"])
-    flat = torch.frombuffer(bytearray(p["bytes"]), dtype=dtype) if p["bytes"] else torch.empty(0, dtype=dtype)
-    return flat.reshape(p["shape"])
-
-
-def _unpack_record(r: dict) -> dict:
-    r["outs"] = [_unpacked(o) for o in r["outs"]]
-    if r["inputs_after"] is not None:
-        r["inputs_after"] = tuple(_unpacked(x) for x in r["inputs_after"])
-    return r
+def _merge_records(*records) -> dict:
+    merged = {"torch_ops": [], "aten_ops": [], "launches": 0, "empty_launches": 0, "blind_launches": 0,
+              "streams": 0, "reference_called": "", "events": {}}
+    for rec in records:
+        for key in ("torch_ops", "aten_ops"):
+            merged[key] = sorted(set(merged[key]) | set(rec.get(key) or ()))
+        for key in ("launches", "empty_launches", "blind_launches", "streams"):
+            value = rec.get(key) or 0
+            merged[key] += int(value) if isinstance(value, (int, float)) else 0
+        merged["reference_called"] = merged["reference_called"] or str(rec.get("reference_called") or "")
+        events = rec.get("events") or {}
+        if isinstance(events, dict):
+            for k, v in events.items():
+                merged["events"].setdefault(str(k), str(v))
+    return merged
 
 
 def _inputs_unchanged(before, after) -> bool:
