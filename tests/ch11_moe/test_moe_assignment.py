@@ -363,7 +363,8 @@ def test_persistent_reference_is_the_per_expert_product():
 
 
 def test_persistent_grids_are_smaller_than_the_work():
-    for size in checks.PERSISTENT_GEMM.sizes.sim[:1] + checks.PERSISTENT_GEMM.sizes.sim[2:]:
+    sizes = checks.PERSISTENT_GEMM.sizes
+    for size in (sizes.gpu if gpulab.ON_GPU else [s for s in sizes.sim if sum(s[0]) > 1]):
         rows, K, N = size
         tasks = (sum(rows) // QT + len(rows)) * math.ceil(N / QT)
         assert checks.queue_blocks(size) < tasks, size
@@ -380,3 +381,17 @@ def test_persistent_gemm_rejects(mistake, words):
 def test_persistent_gemm_refuses_the_package_kernel():
     with pytest.raises(TaskFailed, match="package's own"):
         checks.check_task4(K.grouped_gemm_naive_kernel)
+
+
+def test_aligned_rows_hint_emulates_that_kernel_exactly():
+    """The emulation the hint compares with equals what the planted kernel writes, NaN gaps
+    included, at a size where it differs from the right answer."""
+    size = ((3, 0, 6, 5), 6, 5)
+    g = torch.Generator().manual_seed(1)
+    a, w, offsets, group, start = (t.to(gpulab.device) for t in checks._persistent_inputs(size, g))
+    out = torch.full((a.shape[0], w.shape[2]), float("nan"), device=gpulab.device)
+    queue = torch.zeros(1, dtype=torch.int32, device=gpulab.device)
+    checks._make_persistent("aligned_rows")[checks.queue_blocks(size), (QT, QT)](a, w, offsets, group, start, queue, out)
+    want = checks._rows_as_if_aligned(a, w, offsets, group, start)
+    assert torch.equal(torch.isnan(out.cpu()), torch.isnan(want)) and torch.isnan(want).any()
+    torch.testing.assert_close(out.cpu().nan_to_num(), want.nan_to_num(), rtol=1e-4, atol=1e-4)
