@@ -241,7 +241,7 @@ class LaunchTrace:
     grid: tuple
     block: tuple
     arrays: list = field(default_factory=list)         # _Array per argument array
-    shared: dict = field(default_factory=dict)         # base address -> _Array
+    shared: dict = field(default_factory=dict)         # (block, base address) -> _Array
     writes: dict = field(default_factory=dict)         # address -> [Access]
     reads: dict = field(default_factory=dict)          # address -> [Access]
     shared_writes: dict = field(default_factory=dict)  # (block, address) -> [Access]
@@ -250,19 +250,32 @@ class LaunchTrace:
     out_of_bounds: list = field(default_factory=list)  # _OutOfBounds
     _names: dict = field(default_factory=dict, repr=False)  # (shared?, address) -> (name, index)
 
-    def name_of(self, address: int, shared_array=False) -> tuple[str, tuple | None]:
-        key = (shared_array, address)
+    def _candidates(self, shared_array: bool, block) -> list:
+        """Argument arrays, or the shared arrays of ``block`` (of every block if None): each
+        block allocates its own, and a later block may get memory an earlier one freed."""
+        if not shared_array:
+            return self.arrays
+        return [a for (b, _), a in self.shared.items() if block is None or b == block]
+
+    def name_of(self, address: int, shared_array=False, block=None) -> tuple[str, tuple | None]:
+        key = (shared_array, block, address)
         known = self._names.get(key)
         if known is None:
             known = ("an array", None)
-            candidates = self.shared.values() if shared_array else self.arrays
-            for arr in candidates:
+            for arr in self._candidates(shared_array, block):
                 index = arr.index_of(address)
                 if index is not None:
                     known = (arr.name, index)
                     break
             self._names[key] = known
         return known
+
+    def array_at(self, address: int, shared_array=False, block=None) -> _Array | None:
+        """The array holding ``address`` (of ``block``'s shared arrays with ``shared_array``)."""
+        for arr in self._candidates(shared_array, block):
+            if arr.index_of(address) is not None:
+                return arr
+        return None
 
     def array(self, name: str) -> _Array:
         """The argument (or shared) array called ``name`` in the kernel's source."""
@@ -272,10 +285,10 @@ class LaunchTrace:
         names = [a.name for a in [*self.arrays, *self.shared.values()]]
         raise KeyError(f"{self.kernel} has no array named {name!r}; its arrays: {names}")
 
-    def array_of(self, ary: np.ndarray, shared_array=False) -> str:
+    def array_of(self, ary: np.ndarray, shared_array=False, block=None) -> str:
         """The name of the launch's array that ``ary`` (an argument or a view of one) lies in."""
         address = ary.__array_interface__["data"][0]
-        candidates = list(self.shared.values()) if shared_array else self.arrays
+        candidates = self._candidates(shared_array, block)
         for arr in candidates:
             if arr.base == address and arr.shape == ary.shape:
                 return arr.name
@@ -334,7 +347,7 @@ class Recording:
             for space, kind, table, shared in tables:
                 for key, accesses in table.items():
                     address = key[1] if shared else key
-                    name, index = trace.name_of(address, shared_array=shared)
+                    name, index = trace.name_of(address, shared_array=shared, block=key[0] if shared else None)
                     for a in accesses:
                         rows.append(AccessRow(n, space, kind, name, index, a.block, a.thread, a.phase,
                                               a.step, a.line, a.atomic, a.value))
@@ -462,7 +475,7 @@ class Recording:
                 if conflict is None:
                     continue
                 a, b = conflict
-                name, index = launch.name_of(address, shared_array=True)
+                name, index = launch.name_of(address, shared_array=True, block=block)
                 message = (f"{launch.kernel}: thread {_fmt(b.thread)} of block {_fmt(block)} {verb} "
                            f"{_element(name, index)} (shared) in the same barrier phase as thread "
                            f"{_fmt(a.thread)} wrote it: a cuda.syncthreads() is missing between the "
@@ -600,7 +613,7 @@ def _warp_accesses(launch: LaunchTrace, space: str | None) -> list[WarpAccess]:
     seen: dict = {}
     groups: dict = {}
     for _, _, _, sp, kind, address, a in rows:
-        name, index = launch.name_of(address, shared_array=(sp == "shared"))
+        name, index = launch.name_of(address, shared_array=(sp == "shared"), block=a.block)
         site = (a.block, a.thread, sp, kind, a.line, name, a.phase)
         occurrence = seen[site] = seen.get(site, -1) + 1
         warp = _linear(a.thread, launch.block) // WARP_SIZE
@@ -608,7 +621,7 @@ def _warp_accesses(launch: LaunchTrace, space: str | None) -> list[WarpAccess]:
         groups.setdefault(key, []).append((a.thread, index, address))
     result = []
     for (block, warp, phase, sp, kind, line, name, _), members in groups.items():
-        arr = _array_named(launch, name, sp == "shared")
+        arr = launch.array_at(members[0][2], sp == "shared", block)
         itemsize = arr.itemsize if arr is not None else 4
         members.sort(key=lambda m: _linear(m[0], launch.block))
         threads = [m[0] for m in members]
@@ -623,13 +636,6 @@ def _warp_accesses(launch: LaunchTrace, space: str | None) -> list[WarpAccess]:
                                  cost, ideal, banks))
     result.sort(key=lambda w: (w.block[::-1], w.warp, w.phase, w.line, w.space, w.kind))
     return result
-
-
-def _array_named(launch: LaunchTrace, name: str, shared: bool) -> _Array | None:
-    for arr in (launch.shared.values() if shared else launch.arrays):
-        if arr.name == name:
-            return arr
-    return None
 
 
 def _sector_cost(addresses, itemsize) -> tuple[int, int]:
@@ -737,8 +743,9 @@ class _Hooks:
         launch = self.current
         if launch is None or index is None:
             return
-        name = launch.array_of(ary, shared_array=shared)
-        launch.out_of_bounds.append(_OutOfBounds(_dims(t.blockIdx), _dims(t.threadIdx), kind, name, index,
+        block = _dims(t.blockIdx)
+        name = launch.array_of(ary, shared_array=shared, block=block)
+        launch.out_of_bounds.append(_OutOfBounds(block, _dims(t.threadIdx), kind, name, index,
                                                  tuple(ary.shape), _kernel_line(self.skip), shared))
 
     def element(self, t, ary, idx, kind, shared):
@@ -822,10 +829,11 @@ class _Hooks:
             launch = hooks.current
             if launch is not None:
                 base = ary.__array_interface__["data"][0]
-                if base not in launch.shared:
+                key = (_dims(threading.current_thread().blockIdx), base)
+                if key not in launch.shared:
                     name = _shared_name(sys._getframe(1)) or f"shared array {len(launch.shared)}"
                     with hooks.rec._lock:
-                        launch.shared.setdefault(base, _describe_array(name, ary))
+                        launch.shared.setdefault(key, _describe_array(name, ary))
             return _SharedProxy(ary, hooks)
 
         self._patch(Shared, "array", traced_shared_array)

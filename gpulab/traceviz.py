@@ -111,7 +111,8 @@ def access_figure(rec: Recording, launch: int = 0, kind: str = "write", color: s
     trace = rec.launches[launch]
     shared_block = block if block is not None else 0
     rows = rec.accesses(launch)
-    arrays = [(a, "global") for a in trace.arrays] + [(a, "shared") for a in trace.shared.values()]
+    shared_arrays = {a.name: a for a in reversed(list(trace.shared.values()))}  # one per name (per block)
+    arrays = [(a, "global") for a in trace.arrays] + [(a, "shared") for a in shared_arrays.values()]
     arrays = [(a, sp) for a, sp in arrays
               if any(r.array == a.name and r.space == sp and r.kind == kind for r in rows)]
     if not arrays:

@@ -325,3 +325,61 @@ def test_tracer_cost_is_bounded():
         basics.vector_add_kernel[2, 32](a, a, out)
     traced = time.perf_counter() - start
     assert traced < 10 * plain + 0.05, (plain, traced)
+
+
+@gpulab.kernel
+def two_shared_arrays(x, out):
+    small = cuda.shared.array(32, dtype=float32)
+    large = cuda.shared.array(64, dtype=float32)
+    t = cuda.threadIdx.x
+    small[t] = x[cuda.grid(1)]
+    large[t] = 2 * x[cuda.grid(1)]
+    large[t + 32] = 0.0
+    cuda.syncthreads()
+    out[cuda.grid(1)] = small[31 - t] + large[t]
+
+
+@sim_only
+def test_each_blocks_shared_arrays_keep_their_names():
+    """Blocks run one after the other and a block may get the memory an earlier one freed:
+    accesses are named by the arrays of their own block."""
+    x = _rand(96)
+    out = torch.empty(96)
+    with gpulab.trace() as t:
+        two_shared_arrays[3, 32](x, out)
+    assert t.findings() == []
+    shared = [r for r in t.accesses() if r.space == "shared"]
+    assert {r.array for r in shared} == {"small", "large"}
+    for r in shared:
+        assert (r.array == "small") == (r.index[0] < 32 and r.kind == "write" and r.step == 1
+                                         or r.kind == "read" and r.index == (31 - r.thread[0],) and r.step == 5), r
+    expected = x.view(3, 32).flip(1) + 2 * x.view(3, 32)
+    torch.testing.assert_close(out.view(3, 32), expected)
+
+
+# ------------------------------------------------------------------ the checks engine uses it
+
+@gpulab.reference
+def _copy_reference(x):
+    return x.clone()
+
+
+def _copy_task(**overrides):
+    from gpulab.course.checks.engine import KERNEL, Sizes, Task
+
+    spec = dict(chapter="xx", number=91, title="copy", kind=KERNEL, reference=_copy_reference,
+                make_inputs=lambda n, gen: torch.rand(n, generator=gen), sizes=Sizes(sim=[21]),
+                launch=lambda k, inputs, outputs, size: k[1, 32](*inputs, *outputs))
+    spec.update(overrides)
+    return Task(**spec)
+
+
+@sim_only
+def test_the_engine_names_the_thread_the_array_and_the_index_out_of_bounds():
+    from gpulab.course.feedback import TaskFailed
+
+    with pytest.raises(TaskFailed, match=r"out of bounds: reads_one_past_the_end: thread \(21,0,0\) of block "
+                                         r"\(0,0,0\) read x\[21\] at line \d+, out of bounds: past the end of x"):
+        _copy_task().run(reads_one_past_the_end)
+    with pytest.raises(TaskFailed, match=r"thread \(0,0,0\) of block \(0,0,0\) read x\[-1\] .* negative index"):
+        _copy_task(number=92).run(reads_left_neighbour)
