@@ -18,6 +18,7 @@ banks (``transpose_tiled_unpadded_kernel`` shows the bank conflicts without the 
 """
 from __future__ import annotations
 
+import functools
 import math
 
 import torch
@@ -125,11 +126,15 @@ def vector_sum(x: torch.Tensor) -> torch.Tensor:
 
 def multiprocessor_count() -> int:
     """The number of streaming multiprocessors (SMs) of the GPU in use, as the device
-    reports it (132 on an H100 SXM, 108 on an A100): the attribute
-    ``CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT``. Raises ModeError under the simulator,
-    which has no multiprocessors."""
+    reports it (the driver's ``CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT``; asked once, then
+    remembered). Raises ModeError under the simulator, which has no multiprocessors."""
     if not runtime.ON_GPU:
         raise runtime.ModeError("the simulator has no multiprocessors to count; ask on a GPU")
+    return _device_multiprocessors()
+
+
+@functools.cache
+def _device_multiprocessors() -> int:
     return int(cuda.get_current_device().MULTIPROCESSOR_COUNT)
 
 
