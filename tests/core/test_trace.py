@@ -112,6 +112,14 @@ def test_a_negative_index_is_out_of_bounds_and_says_where_it_wraps():
     assert out[0] == x[19]                 # what the simulator (and numba on a GPU) did
 
 
+@pytest.mark.skipif(gpulab.SIMULATOR, reason="what a GPU does with the negative index the tracer reports")
+def test_on_a_gpu_a_negative_index_wraps_as_the_tracer_says():
+    x = _rand(20)
+    out = torch.zeros(20, device=gpulab.device)
+    reads_left_neighbour[1, 32](x, out)
+    assert out[0] == x[19] and torch.equal(out[1:], x[:19])
+
+
 @sim_only
 def test_elements_never_written_are_counted_and_the_first_named():
     x, out = _rand(20), torch.zeros(20)
