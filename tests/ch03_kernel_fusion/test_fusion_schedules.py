@@ -175,3 +175,12 @@ def test_gpu_instruction_counts_of_a_fused_kernel():
     # one sigmoid: its exponential and its reciprocal run on the special-function unit
     assert counts["classes"]["sfu"] >= 2.0 and counts["classes"]["memory"] >= 2.0
     assert 8 < counts["per_pixel"] < 80, counts
+
+
+@pytest.mark.gpu
+def test_gpu_relu_and_clamp_drop_a_nan():
+    """The GPU's max/min return the other operand when one is NaN (torch propagates it):
+    what the lecture's 'what the chapter simplifies' says."""
+    x = torch.tensor([float("nan"), -1.0, 2.0], device=gpulab.device)
+    torch.testing.assert_close(fk.Pipeline(fk.relu())(x), torch.tensor([0.0, 0.0, 2.0], device=gpulab.device))
+    assert torch.isnan(torch.relu(x)[0])
