@@ -101,3 +101,17 @@ def test_ranges_variant_with_every_key_is_the_torch_specification():
     keys = torch.tensor([(0 << 32) | 5, (0 << 32) | 6, (3 << 32) | 1, (4 << 32) | 2])
     assert C.ranges_variant(keys, 6).tolist() == T.tile_ranges(keys, 6).tolist() == \
         [[0, 2], [0, 0], [0, 0], [2, 3], [3, 4], [0, 0]]
+
+
+def test_task4_inputs_hold_the_awkward_cases():
+    # culled Gaussians, one whose box touches no tile, boxes clamped at every edge, partial tiles
+    gen = torch.Generator().manual_seed(0)
+    order, means2d, radii, offsets, tiles_x, tiles_y = C.task4_inputs(101, gen)
+    assert sorted(order.tolist()) == list(range(101))
+    assert (radii == 0).any() and int(offsets[-1]) > 101
+    counts = torch.diff(offsets.long(), prepend=torch.zeros(1, dtype=torch.long))
+    assert (counts[(radii[order] > 0)] == 0).any()            # visible by radius, but off the grid
+    assert (means2d[:, 0] < 0).any() and (means2d[:, 0] > tiles_x * 16).any()
+    tiles, ids = C.reference_tile_ids(order, means2d, radii, offsets, tiles_x, tiles_y)
+    assert len(tiles) == int(offsets[-1]) and int(tiles.max()) < tiles_x * tiles_y
+    assert torch.equal(C.tile_ids_variant(order, means2d, radii, offsets, tiles_x, tiles_y)[0], tiles.cpu())

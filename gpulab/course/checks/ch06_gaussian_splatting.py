@@ -17,8 +17,9 @@ kernel that assumes one is caught. When a check fails, the feedback compares the
 with the classic mistakes and names the one it matches; each task's planted wrong answers
 are declared at the end of this module (tests/ch06_gaussian_splatting/test_ch06_planted.py runs them all).
 
-Another task (writing the (tile, depth) keys of the sort) can be added as one more
-``Task`` declaration with its inputs, reference and planted answers.
+Task 4  ``tile_ids_kernel(order, means2d, radii, offsets, tiles_x, tiles_y, tiles, ids)``:
+        binning, the keys of the tile-major sort: the r-th nearest Gaussian writes the id of
+        every tile its box touches, row by row, at its offset from the inclusive scan.
 """
 from __future__ import annotations
 
@@ -37,8 +38,9 @@ from ...splat.constants import ALPHA_MAX, ALPHA_MIN, EIGEN_FLOOR, LOW_PASS, SIGM
 from ...splat.footprints import gaussian_params
 from .engine import KERNEL, Hint, Planted, Sizes, Task
 
-__all__ = ["check_task1", "check_task2", "check_task3", "task1_inputs", "task2_inputs",
-           "task3_scene", "reference_conics", "reference_ranges", "reference_composite",
+__all__ = ["check_task1", "check_task2", "check_task3", "check_task4", "task1_inputs", "task2_inputs",
+           "task3_scene", "task4_inputs", "reference_conics", "reference_ranges", "reference_composite",
+           "reference_tile_ids", "tile_ids_variant", "TILE_IDS",
            "projection_variant", "ranges_variant", "composite_variant", "VARIANTS",
            "conic_block", "ranges_block", "CONICS", "RANGES", "COMPOSITE"]
 
@@ -451,6 +453,122 @@ COMPOSITE = Task(
 check_task3 = COMPOSITE.checker()
 
 
+# ------------------------------------------------------------------ task 4
+
+def tile_ids_block(n: int) -> int:
+    """Threads per block task 4 launches with: 32, and 64 from 100 Gaussians on."""
+    return 64 if n >= 100 else 32
+
+
+def task4_inputs(n: int, gen: torch.Generator):
+    """(order [n] int64, means2d [n, 2], radii [n] int32, offsets [n] int32, tiles_x, tiles_y).
+
+    A screen of 40-120 x 30-90 pixels (partial tiles at the right and bottom); means up to
+    25 pixels outside it, radii 0 (culled, about one in eight) to 30; one Gaussian far off
+    screen (no tile at all). ``order`` sorts the Gaussians front to back; ``offsets`` is the
+    inclusive scan of their tile counts in that order, as ``torch.cumsum`` gives it.
+    """
+    width = int(torch.randint(40, 121, (1,), generator=gen))
+    height = int(torch.randint(30, 91, (1,), generator=gen))
+    tiles_x, tiles_y = T.tile_grid(width, height)
+    means2d = torch.rand(n, 2, generator=gen) * torch.tensor([width + 50.0, height + 50.0]) - 25.0
+    radii = torch.randint(1, 31, (n,), generator=gen, dtype=torch.int32)
+    radii[torch.rand(n, generator=gen) < 0.125] = 0
+    radii[0] = max(int(radii[0]), 3)                      # at least one Gaussian writes keys
+    means2d[0] = torch.tensor([width / 2, height / 2])
+    if n > 2:
+        means2d[2] = torch.tensor([-200.0, 10.0])          # far off screen: its box touches no tile
+    depths = torch.rand(n, generator=gen) * 9.5 + 0.5
+    order = torch.argsort(depths)
+    x0, y0, x1, y1 = T.tile_rects(means2d, radii, width, height)
+    counts = torch.where(radii > 0, (x1 - x0) * (y1 - y0), torch.zeros_like(x0))
+    offsets = torch.cumsum(counts[order], 0).to(torch.int32)
+    return order, means2d, radii, offsets, tiles_x, tiles_y
+
+
+@reference
+def reference_tile_ids(order, means2d, radii, offsets, tiles_x, tiles_y):
+    """(tiles [L] int32, ids [L] int32): Gaussian by Gaussian front to back, tiles row by row."""
+    width, height = tiles_x * TILE, tiles_y * TILE         # the same tile grid
+    keys, rank = T.bin_gaussians(means2d[order], radii[order], torch.zeros(len(order), device=means2d.device),
+                                 width, height)
+    return (keys >> 32).to(torch.int32), order[rank.long()].to(torch.int32)
+
+
+def tile_ids_variant(order, means2d, radii, offsets, tiles_x, tiles_y, *, swap=False, row_stride_y=False,
+                     rank_ids=False):
+    """Task 4 with switchable mistakes (the same slots written); the defaults give the reference."""
+    width, height = tiles_x * TILE, tiles_y * TILE
+    order, means2d, radii = order.cpu(), means2d.cpu(), radii.cpu()
+    x0, y0, x1, y1 = T.tile_rects(means2d, radii, width, height)
+    tiles, ids = [], []
+    for r, i in enumerate(order.tolist()):
+        if radii[i] <= 0:
+            continue
+        for ty in range(int(y0[i]), int(y1[i])):
+            for tx in range(int(x0[i]), int(x1[i])):
+                tiles.append(tx * tiles_y + ty if swap else (ty * tiles_y + tx if row_stride_y else ty * tiles_x + tx))
+                ids.append(r if rank_ids else i)
+    return torch.tensor(tiles, dtype=torch.int32), torch.tensor(ids, dtype=torch.int32)
+
+
+def _launch_tile_ids(kernel_, inputs, outputs, size):
+    block = tile_ids_block(size)
+    kernel_[math.ceil(size / block), block](*inputs, *outputs)
+
+
+def _tile_ids_hint(say: str, **mistake) -> Hint:
+    def when(case):
+        if case.error is not None or len(case.outputs) != 2:
+            return False
+        tiles, ids = tile_ids_variant(*case.inputs, **mistake)
+        differs = not (_close(tiles, case.expected[0], 0, 0) and _close(ids, case.expected[1], 0, 0))
+        return differs and _close(case.outputs[0], tiles, 0, 0) and _close(case.outputs[1], ids, 0, 0)
+
+    return Hint(when, say)
+
+
+def _slots_unwritten(case) -> bool:
+    return case.error is None and bool(case.unwritten_only)
+
+
+def _keys_short(case) -> bool:
+    """Some slots unwritten and others wrong: Gaussians wrote fewer keys than their counts."""
+    return case.error is None and bool(case.unwritten.any()) and not case.unwritten_only
+
+
+TILE_IDS = Task(
+    chapter="06", number=4, title="binning: the keys of the tile-major sort", kind=KERNEL,
+    reference=reference_tile_ids, make_inputs=task4_inputs,
+    sizes=Sizes(sim=[1, 3, 31, 64, 101], hidden=[257, 1000], gpu=[100_003, 1_000_000]),
+    launch=_launch_tile_ids, trials=2, own_kernels=(splat_kernels,), candidate_name="tile_ids_kernel",
+    hints=[
+        Hint(lambda case: any(f.array in ("tiles", "ids") and f.kind == "race" for f in case.findings),
+             "Two Gaussians wrote the same slot: each one writes only its own count of keys, from its "
+             "offset, and a Gaussian with radius 0 is culled and writes none"),
+        Hint(lambda case: isinstance(case.error, IndexError) or case.frame_touched,
+             "A write past the slots: offsets is the inclusive scan, so the r-th Gaussian's keys go to "
+             "offsets[r - 1] .. offsets[r] - 1 (from 0 for r = 0); its box is clamped to the tile grid, "
+             "x1 and y1 exclusive"),
+        Hint(_slots_unwritten,
+             "Some Gaussians wrote nothing: every r = cuda.grid(1) < n takes part, whatever the block "
+             "size (the check launches 32 or 64 threads per block)"),
+        Hint(_keys_short,
+             "Gaussians wrote fewer keys than offsets gives them: the box spans tiles x0 = "
+             "floor((mx - r) / 16) to x1 = ceil((mx + r) / 16), x1 exclusive (the same for y), "
+             "clamped to the grid"),
+        _tile_ids_hint("The tiles are transposed: tile id = ty * tiles_x + tx (row-major), not "
+                       "tx * tiles_y + ty", swap=True),
+        _tile_ids_hint("A row of tiles has tiles_x tiles: tile id = ty * tiles_x + tx, not ty * tiles_y + tx",
+                       row_stride_y=True),
+        _tile_ids_hint("ids must hold the Gaussian, order[r], not its rank r in the depth order",
+                       rank_ids=True),
+    ],
+    solution="tile_ids_kernel",
+)
+check_task4 = TILE_IDS.checker()
+
+
 # ------------------------------------------------------------------ planted wrong answers
 # Plausible mistakes of each task. tests/chNN_slug/test_chNN_planted.py requires every one to be
 # rejected with feedback containing its `expect` phrase.
@@ -630,4 +748,54 @@ COMPOSITE.planted = [
     Planted("two tiles per row hard-coded", _make_composite("two_tiles_per_row"), "gridDim.x",
             simulator_only=True),
     Planted("the reference itself", reference_composite, "@gpulab.kernel"),
+]
+
+
+def _make_tile_ids(mistake=None):
+    swap, row_stride_y, rank_ids, inclusive_start, block_64, culled_write, floor_end = (
+        mistake == m for m in ("swap", "row_stride_y", "rank_ids", "inclusive_start", "block_64",
+                               "culled_write", "floor_end"))
+
+    @kernel
+    def tile_ids_(order, means2d, radii, offsets, tiles_x, tiles_y, tiles, ids):
+        r = cuda.blockIdx.x * 64 + cuda.threadIdx.x if block_64 else cuda.grid(1)
+        if r >= order.shape[0]:
+            return
+        i = order[r]
+        if radii[i] <= 0 and not culled_write:
+            return
+        k = offsets[r] if inclusive_start else (0 if r == 0 else offsets[r - 1])
+        rad = radii[i] * 1.0
+        x0 = int(math.floor(min(max((means2d[i, 0] - rad) / 16.0, 0.0), tiles_x * 1.0)))
+        y0 = int(math.floor(min(max((means2d[i, 1] - rad) / 16.0, 0.0), tiles_y * 1.0)))
+        end_x = min(max((means2d[i, 0] + rad) / 16.0, 0.0), tiles_x * 1.0)
+        end_y = min(max((means2d[i, 1] + rad) / 16.0, 0.0), tiles_y * 1.0)
+        x1 = int(math.floor(end_x)) if floor_end else int(math.ceil(end_x))
+        y1 = int(math.floor(end_y)) if floor_end else int(math.ceil(end_y))
+        for ty in range(y0, y1):
+            for tx in range(x0, x1):
+                if swap:
+                    tiles[k] = tx * tiles_y + ty
+                elif row_stride_y:
+                    tiles[k] = ty * tiles_y + tx
+                else:
+                    tiles[k] = ty * tiles_x + tx
+                ids[k] = r if rank_ids else i
+                k += 1
+
+    return tile_ids_
+
+
+TILE_IDS.planted = [
+    Planted("tiles transposed (tx * tiles_y + ty)", _make_tile_ids("swap"), "transposed"),
+    Planted("row stride tiles_y instead of tiles_x", _make_tile_ids("row_stride_y"), "tiles_x tiles"),
+    Planted("ids hold the depth rank, not the Gaussian", _make_tile_ids("rank_ids"), "order[r]"),
+    Planted("keys start at offsets[r] (the inclusive scan read as exclusive)", _make_tile_ids("inclusive_start"),
+            "inclusive scan", simulator_only=True),
+    Planted("block size hard-coded as 64", _make_tile_ids("block_64"), "whatever the block size"),
+    Planted("culled Gaussians (radius 0) write keys too", _make_tile_ids("culled_write"), "radius 0",
+            simulator_only=True),
+    Planted("box end rounded down (floor for x1, y1)", _make_tile_ids("floor_end"), "ceil((mx + r) / 16)"),
+    Planted("the package's own kernel", splat_kernels.write_tile_ids_kernel, "package's own"),
+    Planted("the reference itself", reference_tile_ids, "@gpulab.kernel"),
 ]
