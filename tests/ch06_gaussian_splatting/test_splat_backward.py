@@ -170,7 +170,9 @@ def test_gpu_gradients_match_autograd_at_moderate_size():
     bg = torch.tensor([0.3, 0.1, 0.2], device=DEV)
     ref_out, ref = scene_gradients(scene, cam, bg, "torch", torch.float64)
     out, ours = scene_gradients(scene, cam, bg, "numba", torch.float32)
-    assert_same_structure(out, ref_out)
+    # float32 and float64 may round a radius differently for a rare Gaussian (the box is lossless:
+    # a tile more or less only holds pixels below alpha 1/255), so no exact structure here
+    assert (out.projection.radii != ref_out.projection.radii).float().mean().item() < 1e-3
     assert B.WARP_REDUCE
     assert_gradients_close(ours, ref, rtol=1e-3)
 
