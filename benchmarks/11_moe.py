@@ -61,14 +61,11 @@ def _spec_loop(x, w1, w2, idx, w):
 
 def torch_peers() -> tuple[list[tuple[str, object]], str]:
     """The torch peers this torch can run, and a note on torch._grouped_mm (tried once on a
-    small case here, so that a torch without it, or without FP32 support, is recorded)."""
+    tiny case, so that a torch without it, or without FP32 support, is recorded)."""
     peers = [(TORCH_LOOP, _spec_loop), (TORCH_SORTED, baselines.moe_ffn_sorted)]
-    if not baselines.HAS_GROUPED_MM:
-        return peers, f"torch {torch.__version__} has no torch._grouped_mm: not timed"
-    try:
-        baselines.moe_ffn_grouped_mm(*layer_inputs(64, 4, hidden=16, ffn=32))
-    except Exception as exc:          # recorded, never faked
-        return peers, f"torch._grouped_mm failed on FP32 in torch {torch.__version__}: {exc}"[:300]
+    problem = baselines.grouped_mm_problem("cuda")
+    if problem:                       # recorded, never faked
+        return peers, problem + ": not timed"
     peers.append((TORCH_GROUPED, baselines.moe_ffn_grouped_mm))
     return peers, f"torch._grouped_mm timed (torch {torch.__version__})"
 
@@ -105,11 +102,11 @@ def _regtile_layer(*args, **kw):
     return K.moe_ffn(*args, gemm="regtile", **kw)
 
 
-def layer_inputs(T, E, seed=0, hidden=H, ffn=F):
+def layer_inputs(T, E, seed=0):
     g = torch.Generator(device="cuda").manual_seed(seed)
-    x = torch.randn(T, hidden, device="cuda", generator=g)
-    w1 = torch.randn(E, hidden, ffn, device="cuda", generator=g) / hidden**0.5
-    w2 = torch.randn(E, ffn, hidden, device="cuda", generator=g) / ffn**0.5
+    x = torch.randn(T, H, device="cuda", generator=g)
+    w1 = torch.randn(E, H, F, device="cuda", generator=g) / H**0.5
+    w2 = torch.randn(E, F, H, device="cuda", generator=g) / F**0.5
     logits = torch.randn(T, E, device="cuda", generator=g)
     r = K.route(logits, TOPK)
     return x, w1, w2, r.topk_idx, r.topk_weight

@@ -7,9 +7,9 @@ checks read ``topk_idx.min()`` and ``max()`` back too: at 64 experts the GPU idl
 dozens of tiny waits. That is a weak peer to time kernels against. The two layers here
 remove those waits and keep cuBLAS for the products:
 
-* :func:`moe_ffn_sorted`: the assignments are sorted by expert once (one stable
-  ``argsort`` on the device), the per-expert offsets come to the host once (one sync per
-  layer, not one per expert), and each expert multiplies a contiguous slice of rows;
+* :func:`moe_ffn_sorted`: the assignments are sorted by expert once (one stable sort on
+  the device), the per-expert offsets come to the host once (one sync per layer, not one
+  per expert), and each expert multiplies a contiguous slice of rows;
 * :func:`moe_ffn_grouped_mm`: the same sort, then ``torch._grouped_mm`` (private, so
   guarded: ``_grouped_mm(mat_a, mat_b, offs=None, bias=None, out_dtype=None)``, ``offs``
   the int32 *end* row of each group) does each product in one call. Its fast path is bf16
@@ -25,7 +25,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-__all__ = ["sort_by_expert", "moe_ffn_sorted", "moe_ffn_grouped_mm", "HAS_GROUPED_MM"]
+__all__ = ["sort_by_expert", "moe_ffn_sorted", "moe_ffn_grouped_mm", "grouped_mm_problem", "HAS_GROUPED_MM"]
 
 #: whether this torch has the private grouped matrix product
 HAS_GROUPED_MM = hasattr(torch, "_grouped_mm")
@@ -40,8 +40,11 @@ def sort_by_expert(topk_idx: torch.Tensor, num_experts: int) -> tuple[torch.Tens
     ``offs``).
     """
     flat = topk_idx.flatten().long()
-    order = torch.argsort(flat, stable=True)
-    ends = torch.cumsum(torch.bincount(flat, minlength=num_experts), 0).to(torch.int32)
+    experts, order = torch.sort(flat, stable=True)
+    # where each expert's rows end: a binary search in the sorted ids. (torch.bincount would
+    # read the largest id back to the host to size its output: a sync.)
+    ids = torch.arange(num_experts, device=flat.device)
+    ends = torch.searchsorted(experts, ids, right=True).to(torch.int32)
     return order, ends
 
 
@@ -91,3 +94,20 @@ def moe_ffn_grouped_mm(x, w1, w2, topk_idx, topk_weight):
     h = F.silu(torch._grouped_mm(xs, w1.contiguous(), offs=ends))
     ys = torch._grouped_mm(h, w2.contiguous(), offs=ends)
     return _combine_sorted(ys, order, topk_weight)
+
+
+def grouped_mm_problem(device) -> str | None:
+    """Why :func:`moe_ffn_grouped_mm` cannot run in FP32 on ``device`` (None: it can). It is
+    tried once on a tiny problem: a private function may lack a dtype or a device."""
+    if not HAS_GROUPED_MM:
+        return f"torch {torch.__version__} has no torch._grouped_mm"
+    g = torch.Generator().manual_seed(0)
+    a = torch.randn(6, 4, generator=g).to(device)
+    b = torch.randn(2, 4, 4, generator=g).to(device)
+    try:
+        out = torch._grouped_mm(a, b, offs=torch.tensor([2, 6], dtype=torch.int32, device=device))
+    except RuntimeError as exc:
+        return f"torch._grouped_mm refuses FP32 on {device} in torch {torch.__version__}: {exc}"[:300]
+    if not torch.allclose(out[:2], a[:2] @ b[0], atol=1e-4) or not torch.allclose(out[2:], a[2:] @ b[1], atol=1e-4):
+        return f"torch._grouped_mm gave wrong FP32 results on {device} in torch {torch.__version__}"
+    return None
