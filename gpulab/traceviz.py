@@ -145,11 +145,15 @@ def access_figure(rec: Recording, launch: int = 0, kind: str = "write", color: s
         where = f", block {shared_block}" if space == "shared" else ""
         titles.append(f"{arr.name} ({space}{where}): {len(picked)} {kind}s, {untouched} elements never "
                       f"{'read' if kind == 'read' else 'written'}")
-        pictures.append((z, text, crowded))
+        if len(arr.shape) == 1:
+            axes = (f"element mod {n_cols}", f"element // {n_cols}")
+        else:
+            axes = ("column", "row" if len(arr.shape) == 2 else "row (leading indices flattened)")
+        pictures.append((z, text, crowded, axes))
     fig = make_subplots(rows=len(pictures), cols=1, subplot_titles=titles, vertical_spacing=0.12 / len(pictures))
     colorbar_title = {"thread": "thread (linear)", "block": "block (linear)", "phase": "barrier phase",
                       "step": "thread's step"}[color]
-    for k, (z, text, crowded) in enumerate(pictures, start=1):
+    for k, (z, text, crowded, axes) in enumerate(pictures, start=1):
         fig.add_trace(go.Heatmap(z=z, text=text, hovertemplate="%{text}<extra></extra>", colorscale="Viridis",
                                  showscale=(k == 1), colorbar=dict(title=colorbar_title), xgap=1, ygap=1),
                       row=k, col=1)
@@ -158,8 +162,10 @@ def access_figure(rec: Recording, launch: int = 0, kind: str = "write", color: s
                                      marker=dict(symbol="x", size=10, color="red"),
                                      name="touched by several threads", showlegend=(k == 1),
                                      hoverinfo="skip"), row=k, col=1)
-        fig.update_yaxes(autorange="reversed", row=k, col=1)
-    heights = sum(max(80, 22 * z.shape[0]) for z, _, _ in pictures)
+        fig.update_xaxes(title_text=axes[0], row=k, col=1)
+        fig.update_yaxes(title_text=axes[1], autorange="reversed", row=k, col=1,
+                         dtick=1 if z.shape[0] <= 12 else None)
+    heights = sum(max(80, 22 * z.shape[0]) for z, _, _, _ in pictures)
     picked_text = "".join([f", block {block}" if block is not None else "",
                            f", thread {thread}" if thread is not None else "",
                            f", phase {phase}" if phase is not None else ""])
@@ -244,7 +250,7 @@ def warp_figure(rec: Recording, launch: int | None = None):
     fig = go.Figure(go.Bar(x=labels, y=cost, marker_color=colors, text=[f"{c:.1f}" for c in cost],
                            hovertext=hover, hoverinfo="text", name="per warp access"))
     fig.add_trace(go.Scatter(x=labels, y=ideal, mode="markers", marker=dict(symbol="line-ew-open", size=40,
-                             line=dict(width=3, color="black")), name="the fewest possible"))
+                             color="black", line=dict(width=3, color="black")), name="the fewest possible"))
     fig.update_layout(title="Per warp access: 32-byte sectors (global) or bank wavefronts (shared); red: "
                             "more than the bytes need", yaxis_title="sectors or wavefronts per warp access",
                       height=420, legend=dict(orientation="h", y=-0.35))
