@@ -72,7 +72,8 @@ def torch_peers() -> tuple[list[tuple[str, object]], str]:
 
 def rated_fp32_tflops(meta: dict) -> float | None:
     """SMs x FP32 lanes x 2 FLOP (an FMA) x the rated SM clock: the datasheet's FP32 peak
-    (H200: 132 x 128 x 2 x 1.98 GHz = 66.9 TFLOP/s; NVIDIA's datasheet rounds it to 67)."""
+    (H200: 132 x 128 x 2 x 1.98 GHz = 66.9 TFLOP/s, the figure NVIDIA gives for Hopper's
+    SXM part)."""
     lanes = FP32_LANES_PER_SM.get(str(meta.get("compute capability")))
     sms, mhz = meta.get("multiprocessors"), meta.get("rated sm clock (MHz)")
     if not (lanes and sms and mhz):
@@ -318,7 +319,7 @@ def report(data: dict, meta: dict | None = None, quick: bool = False) -> gb.Resu
                      lower_is_better=False, unit="GB/s", note=f"policy {best['policy']}; same run")
     rated = (f"; the rated FP32 peak is {rated_tflops:.1f} TFLOP/s ({results.meta.get('multiprocessors')} SMs x "
              f"{FP32_LANES_PER_SM.get(str(results.meta.get('compute capability')))} FP32 lanes x 2 FLOP x "
-             f"{float(results.meta.get('rated sm clock (MHz)')) / 1e3:.2f} GHz; NVIDIA's H200 datasheet: 67)"
+             f"{float(results.meta.get('rated sm clock (MHz)')) / 1e3:.2f} GHz: the datasheet figure)"
              if rated_tflops else "")
     results.section(
         "MoE FFN layer: times",
