@@ -35,19 +35,21 @@ def _require_trace(rec) -> None:
 
 
 def _as_grid(shape: tuple, wrap: int) -> tuple[int, int]:
-    """Rows and columns a picture of an array of ``shape`` has (1-D arrays wrap)."""
+    """Rows and columns a picture of an array of ``shape`` has: 1-D arrays wrap, 3-D and
+    more keep the first index as the row (an image's [H, W, C] is H rows of W * C)."""
     if len(shape) == 1:
         cols = min(shape[0], wrap)
         return max(1, math.ceil(shape[0] / cols)), cols
-    return int(np.prod(shape[:-1])), shape[-1]
+    return shape[0], int(np.prod(shape[1:]))
 
 
 def _cell(index: tuple, shape: tuple, wrap: int) -> tuple[int, int]:
     if len(shape) == 1:
         cols = min(shape[0], wrap)
         return divmod(index[0], cols)
-    flat_rows = int(np.ravel_multi_index(index[:-1], shape[:-1])) if len(shape) > 2 else index[0]
-    return flat_rows, index[-1]
+    if len(shape) == 2:
+        return index[0], index[1]
+    return index[0], int(np.ravel_multi_index(index[1:], shape[1:]))
 
 
 def _key(row, launch, color: str) -> int:
@@ -92,13 +94,15 @@ def _pick(rows, launch, kind, block, thread, phase):
 
 def access_figure(rec: Recording, launch: int = 0, kind: str = "write", color: str = "thread",
                   block: int | None = None, thread: int | None = None, phase: int | None = None,
-                  wrap: int = 32):
+                  wrap: int = 32, arrays: list | None = None):
     """One heatmap per array of launch ``launch``: each element coloured by the thread (or
     block, barrier phase, step: ``color``) that made its last ``kind`` access ("read" or
     "write"). ``block``, ``thread`` (linear indices, x fastest) and ``phase`` keep only
     those accesses. Elements several threads wrote are crossed (a race unless atomic or
     ordered by a barrier); blank ones were never touched. 1-D arrays wrap every ``wrap``
-    elements, so with ``wrap=32`` a row is what one warp of a 1-D block touches.
+    elements, so with ``wrap=32`` a row is what one warp of a 1-D block touches; an array of
+    three or more dimensions shows its first index as the row. ``arrays`` names the arrays
+    to draw (by default every one the launch made a ``kind`` access to).
     Shared arrays are shown for ``block`` (block 0 when none is picked): each block has its own."""
     import plotly.graph_objects as go
     from plotly.subplots import make_subplots
@@ -109,12 +113,13 @@ def access_figure(rec: Recording, launch: int = 0, kind: str = "write", color: s
     if kind not in ("read", "write"):
         raise ValueError(f"kind must be 'read' or 'write', got {kind!r}")
     trace = rec.launches[launch]
+    arrays_named = None if arrays is None else set(arrays)
     shared_block = block if block is not None else 0
     rows = rec.accesses(launch)
     shared_arrays = {a.name: a for a in reversed(list(trace.shared.values()))}  # one per name (per block)
     arrays = [(a, "global") for a in trace.arrays] + [(a, "shared") for a in shared_arrays.values()]
-    arrays = [(a, sp) for a, sp in arrays
-              if any(r.array == a.name and r.space == sp and r.kind == kind for r in rows)]
+    arrays = [(a, sp) for a, sp in arrays if (arrays_named is None or a.name in arrays_named)
+              and any(r.array == a.name and r.space == sp and r.kind == kind for r in rows)]
     if not arrays:
         raise ValueError(f"launch {launch} ({trace.kernel}) made no {kind} of an array")
     titles = []
@@ -148,7 +153,7 @@ def access_figure(rec: Recording, launch: int = 0, kind: str = "write", color: s
         if len(arr.shape) == 1:
             axes = (f"element mod {n_cols}", f"element // {n_cols}")
         else:
-            axes = ("column", "row" if len(arr.shape) == 2 else "row (leading indices flattened)")
+            axes = ("column" if len(arr.shape) == 2 else "column (later indices flattened)", "row")
         pictures.append((z, text, crowded, axes))
     fig = make_subplots(rows=len(pictures), cols=1, subplot_titles=titles, vertical_spacing=0.12 / len(pictures))
     colorbar_title = {"thread": "thread (linear)", "block": "block (linear)", "phase": "barrier phase",

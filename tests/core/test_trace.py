@@ -391,3 +391,29 @@ def test_the_engine_names_the_thread_the_array_and_the_index_out_of_bounds():
         _copy_task().run(reads_one_past_the_end)
     with pytest.raises(TaskFailed, match=r"thread \(0,0,0\) of block \(0,0,0\) read x\[-1\] .* negative index"):
         _copy_task(number=92).run(reads_left_neighbour)
+
+
+@sim_only
+def test_a_picture_of_an_image_keeps_its_rows_and_picks_its_arrays():
+    m = _rand(3, 4)
+    out = torch.empty(4, 3)
+    with gpulab.trace() as t:
+        basics.transpose_naive_kernel[(1, 1), (32, 8)](m, out)
+    fig = traceviz.access_figure(t, kind="read", arrays=["src"])
+    (heatmap,) = [d for d in fig.data if d.type == "heatmap"]
+    assert np.shape(heatmap.z) == (3, 4)
+    img = torch.zeros(2, 5, 3)
+
+    @gpulab.kernel
+    def fill_rgb(img):
+        x, y = cuda.grid(2)
+        if y < img.shape[0] and x < img.shape[1]:
+            for ch in range(3):
+                img[y, x, ch] = ch
+
+    with gpulab.trace() as t:
+        fill_rgb[(1, 1), (8, 2)](img)
+    (heatmap,) = [d for d in traceviz.access_figure(t).data if d.type == "heatmap"]
+    assert np.shape(heatmap.z) == (2, 15)      # [H, W, C]: H rows of W * C
+    with pytest.raises(ValueError, match="no write"):
+        traceviz.access_figure(t, arrays=["nothing"])
