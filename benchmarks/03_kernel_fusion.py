@@ -143,6 +143,45 @@ def image_batch(n_items: int, seed: int = 0):
     return pipe, images, crops
 
 
+# ---------------------------------------------------------------- 8-byte accesses (an experiment)
+
+def _pairs_kernel():
+    """affine(1.5, 0.25) -> relu on float32 pixels read and written two at a time: the tensors
+    are viewed as float64, so each thread makes one 8-byte load and one 8-byte store (numba
+    has no float2/float4 loads of a float32 array). Not in the library: it measures whether
+    wider accesses would pay for the chain of 2 (the library's kernels make 4-byte ones)."""
+    from numba import cuda, float32, uint64
+    from numba.cuda import libdevice as ld
+
+    @gpulab.kernel
+    def pairs(src2, dst2, scale, shift):
+        i = uint64(cuda.blockIdx.x) * uint64(cuda.blockDim.x) + uint64(cuda.threadIdx.x)
+        if i < uint64(src2.size):
+            v = src2[i]
+            lo = ld.int_as_float(ld.double2loint(v)) * scale + shift
+            hi = ld.int_as_float(ld.double2hiint(v)) * scale + shift
+            dst2[i] = ld.hiloint2double(ld.float_as_int(max(hi, float32(0.0))), ld.float_as_int(max(lo, float32(0.0))))
+    return pairs
+
+
+def wide_accesses(log_n):
+    """The chain of 2 with 8-byte accesses against the library's kernel, same input, same bits."""
+    import numpy as np
+    n = 1 << log_n
+    x = torch.randn(n, device="cuda")
+    out = torch.empty_like(x)
+    pairs = _pairs_kernel()
+    scale, shift = np.float32(1.5), np.float32(0.25)
+
+    def run():
+        pairs[n // 2 // fk.BLOCK, fk.BLOCK](x.view(torch.float64), out.view(torch.float64), scale, shift)
+        return out
+    expected = chain(2)(x)
+    run()
+    return {"log2_n": log_n, "pairs_ms": median_ms(run, name="8-byte accesses"), "same_output": bool(torch.equal(out, expected)),
+            "library_ms": median_ms(chain(2), x, name="library")}
+
+
 # ---------------------------------------------------------------- instructions
 
 def _counts(pipe) -> dict:
@@ -488,6 +527,14 @@ def report(data: dict, meta: dict | None = None, quick: bool = False) -> gb.Resu
             "the longest basic block, over the pixels per thread), split by class (gpulab.fusion.isa). "
             "'same bits': torch.equal with the default schedule's output.",
             table=schedule_table(data["schedules"]))
+    wide = data.get("wide")
+    if wide and "pairs_ms" in wide:
+        results.section(f"8-byte accesses (an experiment), chain of 2 on 2^{wide['log2_n']} float32",
+                        f"The library's kernel: {wide['library_ms']:.4f} ms (4-byte loads and stores). The same chain "
+                        f"reading and writing two pixels at a time through a float64 view: {wide['pairs_ms']:.4f} ms "
+                        f"(same bits: {'yes' if wide['same_output'] else 'NO'}).")
+    elif wide:
+        results.section("8-byte accesses (an experiment)", f"failed in this run: {wide.get('error', '?')}")
     if data.get("inductor"):
         rows = []
         for k, c in sorted(data["inductor"].items(), key=lambda kv: int(kv[0])):
@@ -536,6 +583,11 @@ def main(argv=None):
                 for k in sizes["chain_lengths"]}
     srows = schedules(sizes["chain_lengths"], sizes["schedule_log2"])
     print(f"schedules done at {time.time() - t0:.0f} s")
+    try:
+        wide = wide_accesses(sizes["schedule_log2"])
+    except Exception as exc:  # noqa: BLE001  (an experiment: record why it failed)
+        wide = {"error": f"{type(exc).__name__}: {exc}"[:200]}
+    print("8-byte accesses:", wide)
     acc = accuracy(compiled, max(sizes["chain_lengths"]), sizes["schedule_log2"])
     print(f"accuracy done at {time.time() - t0:.0f} s", acc)
     try:
@@ -552,7 +604,7 @@ def main(argv=None):
            "schedule_log2": sizes["schedule_log2"], "multiprocessors": fk.pipeline._sm_count(),
            "inductor_cache": inductor.dir}
     data = {"run": run, "vertical": vrows, "schedules": srows, "isa": isa_by_k,
-            "inductor": {str(k): v for k, v in inductor_counts.items()}, "accuracy": acc, "host_us": host,
+            "inductor": {str(k): v for k, v in inductor_counts.items()}, "accuracy": acc, "host_us": host, "wide": wide,
             "horizontal": hrows}
     report(data, quick=args.quick).write(args.out)
     print(f"done in {time.time() - t0:.0f} s")
