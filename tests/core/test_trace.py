@@ -266,10 +266,18 @@ def test_traced_and_untraced_launches_give_the_same_results(n):
 
 
 def test_tracing_is_off_outside_the_block_and_empty_on_a_gpu():
+    if gpulab.SIMULATOR:   # outside the block the simulator runs numba's own methods: no cost
+        from numba.cuda.simulator.cudadrv.devicearray import FakeWithinKernelCUDAArray as Wrapped
+        from numba.cuda.simulator.kernel import BlockThread
+        before = (Wrapped.__getitem__, Wrapped.__setitem__, BlockThread.syncthreads)
     with gpulab.trace() as t:
         assert simtrace.recording_active() == gpulab.SIMULATOR
+        if gpulab.SIMULATOR:
+            assert Wrapped.__getitem__ is not before[0]
     assert not simtrace.recording_active()
     assert t.enabled == gpulab.SIMULATOR
+    if gpulab.SIMULATOR:
+        assert (Wrapped.__getitem__, Wrapped.__setitem__, BlockThread.syncthreads) == before
     if not gpulab.SIMULATOR:
         assert t.findings() == [] and t.accesses() == [] and "nothing recorded" in t.summary()
         with pytest.raises(ValueError, match="cannot watch"):
