@@ -39,7 +39,7 @@ same array, the n-th time each thread made it, in one barrier phase):
 Pictures of a trace are in :mod:`gpulab.traceviz`.
 
 Where the simulator's picture is not a GPU's: it has no warps (threads are Python threads
-the OS schedules one at a time, so "warp accesses" are reconstructed from program order,
+that take turns, one block at a time, so "warp accesses" are reconstructed from program order,
 and a race shows up as two writers, not as a wrong value); there is no timing (a trace says
 how many sectors and bank wavefronts an access needs, not how long it takes); shared arrays
 are separate NumPy arrays, so banks are counted from each array's first element; addresses
@@ -48,8 +48,9 @@ are host addresses of the same tensors (torch aligns CPU storage to 64 bytes, wh
 with an IndexError, where a GPU reads or writes neighbouring memory.
 
 Cost: nothing when not tracing (the simulator is patched only inside ``trace()``); while
-tracing a few microseconds per array access (``benchmarks/results/simulator/``). Results do
-not change: every patched method calls numba's own. On a real GPU kernels run as machine
+tracing, some microseconds per array access, measured in
+``benchmarks/results/simulator/simtrace_overhead.md``. Results do not change: every patched
+method calls numba's own. On a real GPU kernels run as machine
 code that Python cannot watch: there ``trace()`` records nothing, ``Recording.enabled`` is
 False and every analysis returns ``[]``. This module knows no chapter.
 """
