@@ -10,7 +10,7 @@ from .constants import TILE
 from .torch_impl import tile_grid, tile_rects
 
 __all__ = ["image_figure", "images_figure", "ellipse_figure", "tiles_heatmap", "keys_figure",
-           "pixel_trace_figure", "stage_times_figure", "to_uint8"]
+           "pixel_trace_figure", "backward_trace", "backward_trace_figure", "stage_times_figure", "to_uint8"]
 
 
 def to_uint8(image: torch.Tensor) -> np.ndarray:
@@ -114,6 +114,63 @@ def pixel_trace_figure(trace: dict, title: str = ""):
     fig.add_trace(go.Scatter(x=x, y=trace["weight"], name="weight alpha*T", mode="markers"))
     fig.update_layout(title=title or "one pixel, front to back (green: used, grey: skipped, red: stop)",
                       xaxis_title="position in the tile's list", height=380)
+    return fig
+
+
+def backward_trace(trace: dict, colors) -> dict:
+    """The backward pass of one pixel, from a forward :func:`~gpulab.splat.torch_impl.trace_pixel`
+    and the listed Gaussians' grey levels ``colors[id]`` (dL/dC = 1, black background).
+
+    Walks the list back to front from the last Gaussian used, as the kernel does: ``T`` is
+    divided back, ``T_before = T_after / (1 - alpha)``, and ``behind`` is the colour the
+    Gaussians behind added. Returns per list position: ``T_recovered`` (None where skipped),
+    ``behind`` and ``dC_dalpha = c T_before - behind / (1 - alpha)``; and ``last`` (the position of
+    the last contributor, -1 if none), where the walk starts.
+    """
+    n = len(trace["ids"])
+    used = [s == "used" for s in trace["status"]]
+    last = max((k for k in range(n) if used[k]), default=-1)
+    T, behind = trace["T_final"], 0.0
+    out = {"T_recovered": [None] * n, "behind": [None] * n, "dC_dalpha": [None] * n, "last": last}
+    for k in range(last, -1, -1):
+        if not used[k]:
+            continue
+        a, c = trace["alpha"][k], float(colors[trace["ids"][k]])
+        T = T / (1.0 - a)
+        out["T_recovered"][k], out["behind"][k] = T, behind
+        out["dC_dalpha"][k] = c * T - behind / (1.0 - a)
+        behind += c * a * T
+    return out
+
+
+def backward_trace_figure(trace: dict, colors, title: str = ""):
+    """Forward (front to back) and backward (back to front from the last contributor) along
+    one pixel's list: the transmittance the forward pass had, the one the backward pass
+    recovers by division, and the gradient of the pixel's colour with respect to each alpha."""
+    import plotly.graph_objects as go
+    from plotly.subplots import make_subplots
+
+    back = backward_trace(trace, colors)
+    x = list(range(len(trace["ids"])))
+    fig = make_subplots(rows=2, cols=1, shared_xaxes=True, vertical_spacing=0.12, subplot_titles=(
+        "forward: T before each Gaussian, front to back (the pass stores only T_final and the last position)",
+        "backward: from the last contributor back to the front, T = T_after / (1 - alpha)"))
+    fig.add_trace(go.Scatter(x=x, y=trace["T_before"], mode="lines+markers", name="T (forward)"), 1, 1)
+    used_x = [k for k in x if back["T_recovered"][k] is not None]
+    fig.add_trace(go.Scatter(x=used_x, y=[back["T_recovered"][k] for k in used_x], mode="markers",
+                             marker=dict(symbol="x", size=9), name="T recovered (backward)"), 1, 1)
+    fig.add_trace(go.Bar(x=used_x, y=[back["dC_dalpha"][k] for k in used_x], name="dC/d alpha"), 2, 1)
+    fig.add_trace(go.Scatter(x=used_x, y=[back["behind"][k] for k in used_x], mode="lines+markers",
+                             name="colour behind"), 2, 1)
+    if back["last"] >= 0:
+        for row in (1, 2):
+            fig.add_vline(x=back["last"], line=dict(color="crimson", dash="dash"), row=row, col=1)
+        fig.add_annotation(x=back["last"], y=1.0, xref="x", yref="y", text="last contributor: the backward starts here",
+                           showarrow=True, ax=-120, ay=-20)
+        fig.add_annotation(x=0, y=0, xref="x2", yref="y2", ax=back["last"], ay=0, axref="x2", ayref="y2",
+                           showarrow=True, arrowhead=3, text="")
+    fig.update_layout(title=title or "one pixel's list, forward and backward", height=520,
+                      xaxis2_title="position in the tile's list")
     return fig
 
 

@@ -187,3 +187,26 @@ def test_gpu_fitting_on_numba_path_raises_psnr():
     history = splat.fit(model, cams, targets, steps=150, lr=0.01, progress=False, backend="numba")
     assert sum(history[-10:]) / 10 > sum(history[:10]) / 10 + 3.0
     assert math.isfinite(history[-1])
+
+
+def test_lecture_backward_trace_recovers_T_and_matches_autograd():
+    # the picture's numbers: T divided back from T_final equals the forward T, and dC/dalpha
+    # times alpha/o is autograd's gradient of the pixel's grey level w.r.t. each opacity
+    from gpulab.splat import figures as F
+
+    means2d = torch.tensor([[8.5, 8.5], [9.0, 8.0], [8.0, 9.5], [7.5, 7.5]], dtype=torch.float64)
+    conics = torch.tensor([[0.3, 0.05, 0.2]], dtype=torch.float64).repeat(4, 1)
+    opac = torch.tensor([0.6, 0.5, 0.7, 0.4], dtype=torch.float64, requires_grad=True)
+    grey = torch.tensor([0.9, 0.2, 0.5, 0.7], dtype=torch.float64)
+    params = splat.gaussian_params(means2d, conics, opac)
+    ranges, ids = torch.tensor([[0, 4]], dtype=torch.int32), torch.arange(4, dtype=torch.int32)
+    trace = T.trace_pixel(params.detach(), ranges, ids, 8, 8, 16)
+    back = F.backward_trace(trace, grey)
+    assert back["last"] == 3
+    for k in range(4):
+        assert back["T_recovered"][k] == pytest.approx(trace["T_before"][k], rel=1e-12)
+    image, _ = T.rasterize_tiles(params, grey[:, None], torch.zeros(1, dtype=torch.float64), ranges, ids, 16, 16)
+    image[8, 8, 0].backward()
+    for k in range(4):
+        assert back["dC_dalpha"][k] * trace["alpha"][k] / float(opac[k].detach()) == pytest.approx(float(opac.grad[k]), rel=1e-9)
+    assert F.backward_trace_figure(trace, grey).data
