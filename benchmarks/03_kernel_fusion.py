@@ -360,6 +360,23 @@ def host_costs(compiled_tiny):
     return costs
 
 
+def call_paths(log_n: int) -> dict:
+    """GPU time of the chain of 2 called three ways on 2^log_n elements: the full call, with a
+    preallocated output, and the configured kernel launched with its arguments ready; with
+    the copy beside them. Where they differ, the host (allocation, Python) is the limit."""
+    n = 1 << log_n
+    x = torch.randn(n, device="cuda")
+    out = torch.empty_like(x)
+    pipe = chain(2)
+    pipe(x)
+    plan = pipe._plan(x, None, None)
+    xv, ov = x.view(-1), out.view(-1)
+    return {"log2_n": log_n, "copy_ms": median_ms(out.copy_, x, name="copy"),
+            "call_ms": median_ms(pipe, x, name="pipe(x)"),
+            "preallocated_ms": median_ms(lambda v: pipe(v, out=out), x, name="pipe(x, out=out)"),
+            "launch_ms": median_ms(lambda: plan.launch(xv, ov, plan.geom, pipe.params), name="launch alone")}
+
+
 def horizontal(batches=BATCHES):
     rows = []
     for b in batches:
@@ -561,6 +578,14 @@ def report(data: dict, meta: dict | None = None, quick: bool = False) -> gb.Resu
                                "rows": [[name, f"{us:.2f}"] for name, us in data["host_us"].items()]},
                         after=["'before': the pieces of the chain's call that the launch plan now does once per "
                                "input shape; they added up to the 40-57 us per call of the earlier results."])
+    if data.get("call_paths"):
+        results.section("The chain of 2 called three ways (GPU time, ms)",
+                        table={"columns": ["n", "copy", "pipe(x)", "pipe(x, out=out)", "launch alone"],
+                               "rows": [[f"2^{r['log2_n']}", f"{r['copy_ms']:.4f}", f"{r['call_ms']:.4f}",
+                                         f"{r['preallocated_ms']:.4f}", f"{r['launch_ms']:.4f}"]
+                                        for r in data["call_paths"]]},
+                        after=["Where the three differ, the host is the limit: each call's Python and allocation "
+                               "take longer than the kernel, and the GPU waits between launches."])
     results.section("Horizontal fusion: batch of RGB uint8 images (48..320 px a side), crop + resize 64x64 + "
                     "scale + normalize", table=horizontal_table(hrows),
                     after=["'host packing': Pipeline.pack (torch.cat of the items, the tile table built in Python "
@@ -595,6 +620,8 @@ def main(argv=None):
     except Exception:  # noqa: BLE001
         tiny = None
     host = host_costs(tiny)
+    paths = [call_paths(log_n) for log_n in sorted({min(sizes["log_sizes"]), sizes["schedule_log2"]})]
+    print("call paths:", paths)
     print(f"host costs done at {time.time() - t0:.0f} s")
     hrows = horizontal(sizes["batches"])
     sched = fk.codegen.DEFAULT_SCHEDULE
@@ -604,7 +631,7 @@ def main(argv=None):
            "schedule_log2": sizes["schedule_log2"], "multiprocessors": fk.pipeline._sm_count(),
            "inductor_cache": inductor.dir}
     data = {"run": run, "vertical": vrows, "schedules": srows, "isa": isa_by_k,
-            "inductor": {str(k): v for k, v in inductor_counts.items()}, "accuracy": acc, "host_us": host, "wide": wide,
+            "inductor": {str(k): v for k, v in inductor_counts.items()}, "accuracy": acc, "host_us": host, "call_paths": paths, "wide": wide,
             "horizontal": hrows}
     report(data, quick=args.quick).write(args.out)
     print(f"done in {time.time() - t0:.0f} s")
