@@ -285,15 +285,15 @@ def search(layers: list[LayerProfile], gpus: int, budget_mib: float, hw: Hardwar
     count and the number of layers; ``tp * dp = gpus / pp``; micro-batches dividing the
     stage batch. Each stage's layers are planned by :func:`dp_plan` on its share of the
     memory (``budget_mib - other_mib``, 1F1B keeping at most ``pp`` micro-batches of
-    activations on the first stage). Memory is counted in units of ``budget / levels`` MiB
-    (rounded up, so a plan never fits by rounding): whole MiB for small budgets, coarser
-    for a GPU's 140 GiB so the programme stays fast. Returns the plan of highest
-    throughput, or None."""
+    activations on the first stage). Memory is counted in units of ``budget / levels`` MiB,
+    rounded up so a plan never fits by rounding (Galvatron counts whole MiB; a GPU's 140 GiB
+    in 1024 levels makes units of 140 MiB, which keeps the programme fast). Returns the
+    plan of highest throughput, or None."""
     if gpus < 1 or gpus & (gpus - 1):
         raise ValueError(f"gpus must be a power of two, got {gpus}")
     best = None
     L = len(layers)
-    unit = max(1.0, (budget_mib - other_mib) / levels)
+    unit = max(budget_mib - other_mib, 1e-9) / levels
     for pp in _powers_of_two(gpus):
         if L % pp:
             continue

@@ -72,7 +72,8 @@ def layer_forward_ms(layer: torch.nn.Module, make_input, batches=(1, 2), reps: i
         x = make_input(b)
         device = x.device
         with torch.no_grad():
-            layer(x)
+            for _ in range(2):          # warm-up: first calls pay for allocation and dispatch
+                layer(x)
             _sync(device)
             times = []
             for _ in range(reps):

@@ -34,7 +34,7 @@ from .comm import (Comm, chunk_of, copy_to_parallel, gather_from_parallel, reduc
 from .groups import member
 from .model import ModelConfig, Transformer, build_model, loss_fn, synthetic_batch
 
-__all__ = ["COLUMN", "ROW", "shard_linear", "TPBlock", "TPTransformer", "tp_mlp", "tp_by_hand", "tp_native",
+__all__ = ["COLUMN", "ROW", "shard_linear", "TPBlock", "TPTransformer", "tp_mlp", "tp_by_hand", "tp_native", "apply_tp", "fsdp_tp_2d",
            "torchtitan_plan", "full_grads_from_shards"]
 
 #: linear layers split by output features (dim 0 of the weight) and by input features (dim 1)
@@ -207,3 +207,33 @@ def tp_native(cfg: ModelConfig, batch: int, size: int, seed: int = 0):
         loss = F.cross_entropy(logits.flatten(0, 1), labels.flatten(0, 1))
         loss.backward()
     return float(loss.detach().full_tensor()), {n: p.grad.full_tensor().cpu().clone() for n, p in model.named_parameters()}
+
+
+def fsdp_tp_2d(cfg: ModelConfig, batch: int, dp: int = 2, tp_degree: int = 2, seed: int = 0):
+    """A 2D step on a ``("dp", "tp")`` mesh of the pool's first ``dp * tp`` ranks, as
+    TorchTitan composes them: TorchTitan's tensor-parallel plan over ``tp``, then
+    ``fully_shard`` of each block and the root over ``dp``; each dp group sees its slice of
+    the batch. Returns ``(mean loss, full grads)``, None off the mesh."""
+    import torch.distributed as dist
+    from torch.distributed.fsdp import fully_shard
+    from torch.distributed.tensor.parallel import loss_parallel
+
+    from .groups import mesh_of
+
+    mesh = mesh_of((dp, tp_degree), ("dp", "tp"))
+    if mesh is None:
+        return None
+    device = torch.device("cuda", torch.cuda.current_device()) if mesh.device_type == "cuda" else torch.device("cpu")
+    tokens, labels = synthetic_batch(cfg, batch, seed=seed, device=device)
+    d = mesh["dp"].get_local_rank()
+    model = apply_tp(build_model(cfg, device=device), mesh["tp"])
+    for block in model.layers.values():
+        fully_shard(block, mesh=mesh["dp"])
+    fully_shard(model, mesh=mesh["dp"])
+    with loss_parallel():
+        logits = model(tokens.chunk(dp)[d])
+        loss = F.cross_entropy(logits.flatten(0, 1), labels.chunk(dp)[d].flatten(0, 1))
+        loss.backward()
+    local = loss.detach().full_tensor()
+    dist.all_reduce(local, group=mesh["dp"].get_group())
+    return float(local / dp), {n: p.grad.full_tensor().cpu().clone() for n, p in model.named_parameters()}

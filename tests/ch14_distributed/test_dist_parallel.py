@@ -91,3 +91,25 @@ def test_mixed_precision_fully_shard_is_close_to_fp32(pool):
     assert abs(loss - float(ref_loss)) < 0.02
     worst = max(((grads[n] - g).norm() / g.norm()).item() for n, g in ref_grads.items())
     assert 0 < worst < 0.1, f"bf16 gradients differ by {worst:.3f} (relative) from fp32"
+
+
+@pytest.mark.gpu
+def test_gpu_nccl_group_of_one_gpu_matches_one_process():
+    # the launcher's NCCL path: one process on one GPU (more GPUs: the multi-GPU issue)
+    from gpulab.dist.launch import Workers
+
+    if not torch.cuda.is_available():
+        pytest.skip("no CUDA GPU")
+    with Workers(1, timeout_s=120) as world:
+        assert world.backend == "nccl"
+        for step in (ddp.ddp_by_hand, fsdp.fsdp_by_hand, fsdp.fsdp_native, tp.tp_native):
+            loss, grads = world.run(step, CFG, BATCH, 1)[0]
+            assert_matches_one_process(loss, grads, f"{step.__name__} on NCCL", atol=2e-5)
+        loss, grads = merged(world.run(pipeline.pipeline_by_hand, CFG, BATCH, 1, 4, "1f1b"))
+        assert_matches_one_process(loss, grads, "pipeline_by_hand on NCCL", atol=2e-5)
+
+
+def test_fsdp_times_tensor_parallel_on_a_2d_mesh_matches_one_process(pool):
+    results = pool.run(tp.fsdp_tp_2d, CFG, BATCH)
+    for rank, (loss, grads) in enumerate(results):
+        assert_matches_one_process(loss, grads, f"2D (dp=2 x tp=2) rank {rank}", atol=5e-6)
