@@ -272,14 +272,14 @@ def test_bad_batches_get_clear_errors():
 def test_gpu_every_op_compiles_and_matches_at_size():
     """The simulator does not type-check like the compiler: run every op on the GPU."""
     n = (1 << 20) + 13
-    chains = [fk.Pipeline(*CHAINS["anchors-8"] * 2), fk.Pipeline(*CHAINS["mixed"]),
-              fk.Pipeline(fk.normalize(MEAN, STD), fk.rgb_to_yuv(), channels=3),
-              fk.Pipeline(fk.normalize(MEAN, STD), fk.rgb_to_gray(), channels=3)]
+    # every map op in two kernels (each compile costs seconds on a busy GPU machine)
+    chains = [fk.Pipeline(*CHAINS["anchors-8"] * 2, *CHAINS["mixed"]),
+              fk.Pipeline(fk.normalize(MEAN, STD), fk.rgb_to_yuv(), fk.rgb_to_gray(), channels=3)]
     for pipe in chains:
-        gpulab.check(pipe, pipe.reference, _flat_inputs(pipe.channels, scale=1.0), sizes=(n,), trials=2,
+        gpulab.check(pipe, pipe.reference, _flat_inputs(pipe.channels, scale=1.0), sizes=(n,), trials=1,
                      writes_outputs=False, rtol=1e-5, atol=1e-5)
     fast = fk.Pipeline(*CHAINS["anchors-8"] * 2, fastmath=True)
-    gpulab.check(fast, fast.reference, _flat_inputs(), sizes=(n,), trials=2, writes_outputs=False,
+    gpulab.check(fast, fast.reference, _flat_inputs(), sizes=(n,), trials=1, writes_outputs=False,
                  rtol=1e-4, atol=1e-5)
     u8 = fk.Pipeline(fk.to_float32(), fk.mul(2.0), fk.add(-100.0), fk.to_uint8(), channels=3)
     x = torch.randint(0, 256, (n, 3), dtype=torch.uint8, device=gpulab.device)
@@ -292,9 +292,10 @@ def test_gpu_reductions_at_size(reduction):
     pipe = fk.Pipeline(fk.affine(1.5, 0.5), fk.tanh(), reduction())
     x = torch.rand(1 << 22, device=gpulab.device) - 0.5
     torch.testing.assert_close(pipe(x), pipe.reference(x), rtol=1e-4, atol=1e-2)
-    rgb = fk.Pipeline(fk.normalize(MEAN, STD), fk.rgb_to_yuv(), reduction(), channels=3)
-    y = torch.rand(123457, 3, device=gpulab.device)
-    torch.testing.assert_close(rgb(y), rgb.reference(y), rtol=1e-4, atol=1e-2)
+    if reduction in (fk.reduce_sum, fk.reduce_max):   # RGB: one additive and one order reduction
+        rgb = fk.Pipeline(fk.normalize(MEAN, STD), fk.rgb_to_yuv(), reduction(), channels=3)
+        y = torch.rand(123457, 3, device=gpulab.device)
+        torch.testing.assert_close(rgb(y), rgb.reference(y), rtol=1e-4, atol=1e-2)
 
 
 @pytest.mark.gpu
