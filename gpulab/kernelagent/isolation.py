@@ -125,11 +125,11 @@ def _try_namespace(libc) -> str:
     return "subreaper"
 
 
-def enter_namespace() -> str:
+def enter_namespace(report_fd: int | None = None) -> str:
     """In the keeper: make the next child process 1 of a new PID namespace (or, where
     that is not allowed, make the keeper a subreaper), fork it, and return the kind in
-    the child. The keeper never returns: it reaps until the worker ends, then exits with
-    the worker's status."""
+    the child. The keeper never returns: it reaps until the worker ends, writes the
+    worker's exit status to ``report_fd`` (``{"exited": code}``), and exits."""
     namespace = _try_namespace(_libc())
     keeper = os.getpid()
     child = os.fork()
@@ -141,7 +141,9 @@ def enter_namespace() -> str:
     # the keeper: hold nothing the worker uses, reap everything re-parented to us
     devnull = os.open(os.devnull, os.O_RDWR)
     os.dup2(devnull, 0)
-    os.closerange(3, 65536)
+    if report_fd is not None:
+        os.dup2(report_fd, 3)
+    os.closerange(4 if report_fd is not None else 3, 65536)
     while True:
         try:
             pid, status = os.wait()
@@ -151,6 +153,11 @@ def enter_namespace() -> str:
             code = os.waitstatus_to_exitcode(status)
             if namespace == "subreaper":      # take the orphans with us
                 kill_tree(os.getpid(), include_root=False)
+            if report_fd is not None:
+                try:
+                    os.write(3, ('{"exited": %d}\n' % code).encode())
+                except OSError:
+                    pass
             os._exit(code if code >= 0 else 128 - code)
 
 

@@ -17,6 +17,7 @@ default shape, which differs between the simulator and a GPU.
 """
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, replace
 
 from .tasks import get_task
@@ -370,12 +371,10 @@ def launch_copy(src, out):
     copy_kernel[math.ceil(out.numel() / 128), 128](src, out)
 """
 
-_ORPHAN_PATH = "/tmp/gpulab-orphan-{token}.log"
-
-
-def orphan_log_path(token: str) -> str:
-    """Where :func:`orphan_source`'s left-behind process writes (a test watches it)."""
-    return _ORPHAN_PATH.format(token=token)
+def orphan_log_path(home: str, token: str) -> str:
+    """Where :func:`orphan_source`'s left-behind process writes: in the worker's home
+    (``home``: ``<verifier.workdir>/home``), which a test watches."""
+    return os.path.join(home, f"orphan-{token}.log")
 
 
 def orphan_source(token: str) -> str:
@@ -390,13 +389,14 @@ _started = []
 def solve(x, out):
     if not _started:
         _started.append(1)
+        log = os.open(os.path.join(os.path.expanduser("~"), "orphan-{token}.log"),
+                      os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o666)
         if os.fork() == 0:                 # the child: a session of its own, then on and on
             os.setsid()
             while True:
-                fd = os.open("{orphan_log_path(token)}", os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o666)
-                os.write(fd, b"still here\\n")
-                os.close(fd)
+                os.write(log, b"still here\\n")
                 time.sleep(0.05)
+        os.close(log)
     launch_relu(x, out)""")
 
 
@@ -559,7 +559,7 @@ def solve(x, out):
                timed=True),
         # a process left behind, writing on after the verdict
         attack("relu_orphan", "relu", "numba", orphan_source("planted"), "fail",
-               {"starts_processes", "left_processes"},
+               {"starts_processes", "left_processes", "writes_files"},
                "forks a process into its own session that keeps writing after the verdict; the parent "
                "finds it in the worker's PID namespace and ends the whole tree"),
     ]

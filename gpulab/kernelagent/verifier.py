@@ -41,6 +41,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import atexit
 import importlib.util
 import json
 from dataclasses import asdict, dataclass, field
@@ -194,20 +195,115 @@ _RECORD_KEYS = {"torch_ops", "aten_ops", "launches", "empty_launches", "blind_la
 
 #: flags after which the worker is not reused: the candidate may have changed it from inside
 _TAINTING = frozenset({"inspects_worker", "patches_objects", "raw_memory", "starts_processes",
-                       "left_processes", "reads_parent", "writes_files", "inspects_memory"})
+                       "left_processes", "tampered_output"})
+
+
+class _Zygote:
+    """The verifier's one started process (``python -m gpulab.kernelagent.worker``): it
+    loads torch, numba and gpulab once and forks each worker on request (see
+    :func:`gpulab.kernelagent.worker._zygote`); it never runs a candidate."""
+
+    def __init__(self, workdir: str, startup_timeout_s: float):
+        import socket
+
+        self.workdir = workdir
+        self.log_path = os.path.join(workdir, "zygote.log")
+        self.log = open(self.log_path, "ab")
+        self.sock, child = socket.socketpair()
+        env = dict(os.environ, GPULAB_QUIET="1", GPULAB_MODE=runtime.MODE, PYTHONFAULTHANDLER="1",
+                   PYTORCH_NVML_BASED_CUDA_CHECK="1",   # no CUDA context before the fork
+                   **{_worker_module.ZYGOTE_FD_ENV: str(child.fileno())})
+        try:
+            self.proc = subprocess.Popen([sys.executable, "-m", _worker_module.__name__],
+                                         stdin=subprocess.DEVNULL, stdout=self.log, stderr=self.log,
+                                         cwd=workdir, env=env, pass_fds=(child.fileno(),),
+                                         start_new_session=True)
+        finally:
+            child.close()
+        self.sock.settimeout(startup_timeout_s)
+        self._buffer = b""
+        try:
+            hello = self._line()
+        except (OSError, ValueError) as exc:
+            self.close()
+            raise RuntimeError(f"the verifier's zygote did not start ({exc}):\n{self.log_tail()}") from None
+        if not hello.get("zygote"):
+            raise RuntimeError(f"the verifier's zygote said {hello}")
+
+    def _line(self) -> dict:
+        while b"\n" not in self._buffer:
+            chunk = self.sock.recv(1 << 16)
+            if not chunk:
+                raise ValueError("the zygote closed its socket")
+            self._buffer += chunk
+        line, self._buffer = self._buffer.split(b"\n", 1)
+        return json.loads(line)
+
+    def alive(self) -> bool:
+        return self.proc.poll() is None
+
+    def log_tail(self, chars: int = 1500) -> str:
+        try:
+            with open(self.log_path, "rb") as f:
+                return f.read()[-chars:].decode("utf-8", "replace")
+        except OSError:
+            return ""
+
+    def fork_worker(self, fds: list[int], request: dict, timeout_s: float) -> int:
+        """A new worker tree, given these descriptors; returns its keeper's pid."""
+        import socket
+
+        self.sock.settimeout(timeout_s)
+        socket.send_fds(self.sock, [json.dumps(request).encode()], fds)
+        return int(self._line()["keeper"])
+
+    def close(self) -> None:
+        try:
+            self.sock.close()
+        except OSError:
+            pass
+        if self.proc.poll() is None:
+            isolation.kill_tree(self.proc.pid)
+        self.proc.wait()
+        self.log.close()
+
+
+_ZYGOTES: list[_Zygote] = []
+
+
+def _shared_zygote(startup_timeout_s: float) -> _Zygote:
+    """One zygote per process, shared by every Verifier (started on first use)."""
+    if _ZYGOTES and not _ZYGOTES[0].alive():
+        _ZYGOTES.pop().close()
+    if not _ZYGOTES:
+        home = tempfile.mkdtemp(prefix="gpulab-zygote-")
+        os.chmod(home, 0o711)
+        _ZYGOTES.append(_Zygote(home, startup_timeout_s))
+        atexit.register(_close_zygotes)
+    return _ZYGOTES[0]
+
+
+def _close_zygotes() -> None:
+    while _ZYGOTES:
+        zygote = _ZYGOTES.pop()
+        zygote.close()
+        shutil.rmtree(zygote.workdir, ignore_errors=True)
 
 
 class _Worker:
-    """One child process tree (keeper, worker), its private reply pipe and shared area."""
+    """One worker tree (keeper, worker), its private pipes and its shared area."""
 
-    def __init__(self, workdir: str, memory_limit_mb: int, startup_timeout_s: float, iso: Isolation):
+    def __init__(self, zygote: _Zygote, workdir: str, memory_limit_mb: int, startup_timeout_s: float,
+                 iso: Isolation):
         self.workdir = workdir
         self.memory_limit_mb = memory_limit_mb
+        self.zygote = zygote
         self.log_path = os.path.join(workdir, "worker.log")
         home = os.path.join(workdir, "home")
         os.makedirs(home, exist_ok=True)
         if iso.uid is not None:
             os.chown(home, iso.uid, iso.uid)
+        stdin_r, stdin_w = os.pipe()
         self._reply, reply_w = os.pipe()
         self._events, events_w = os.pipe()
         os.set_blocking(self._events, False)
@@ -215,37 +311,44 @@ class _Worker:
         self.area_fd = os.memfd_create("gpulab-verifier-area")
         self.area_size = 0
         self.area = None
-        env = dict(os.environ, GPULAB_QUIET="1", GPULAB_MODE=runtime.MODE, HOME=home,
-                   GPULAB_VERIFIER_MEMORY_MB=str(memory_limit_mb), PYTHONFAULTHANDLER="1",
-                   **{_worker_module.REPLY_FD_ENV: str(reply_w), _worker_module.AREA_FD_ENV: str(self.area_fd),
-                      _worker_module.EVENT_FD_ENV: str(events_w)},
-                   **iso.env())
         self.log = open(self.log_path, "ab")
-        try:
-            self.proc = subprocess.Popen(
-                [sys.executable, "-m", _worker_module.__name__], stdin=subprocess.PIPE,
-                stdout=self.log, stderr=self.log, cwd=workdir, env=env,
-                pass_fds=(reply_w, events_w, self.area_fd), start_new_session=True)
-        finally:
-            os.close(reply_w)      # the worker holds the only write ends
-            os.close(events_w)
+        self.stdin = os.fdopen(stdin_w, "wb")
         self._buffer = b""
         self.pid = None
+        self.exit_code = None
+        started = time.monotonic()
         try:
-            ready = self._read(startup_timeout_s)
+            self.keeper = zygote.fork_worker([stdin_r, reply_w, events_w, self.area_fd, self.log.fileno()],
+                                             {"uid": iso.uid, "memory_mb": memory_limit_mb, "home": home, "cwd": workdir,
+                                              # grading guard as it is now, not as at the zygote's start
+                                              "blocked": os.environ.get(sandbox.BLOCKED_ENV)},
+                                             startup_timeout_s)
+        finally:
+            for fd in (stdin_r, reply_w, events_w):   # the worker holds the only other ends
+                os.close(fd)
+        try:
+            ready = self._read(max(startup_timeout_s - (time.monotonic() - started), 1.0))
         except _WorkerDied as died:
             raise RuntimeError(f"verifier worker did not start: {died.message}\n{self.log_tail()}") from None
         if not ready.get("ready"):
             raise RuntimeError(f"verifier worker did not start: {ready}")
-        below = isolation.descendants(self.proc.pid)
-        self.pid = below[0] if below else self.proc.pid
+        below = isolation.descendants(self.keeper)
+        self.pid = below[0] if below else self.keeper
         self.namespace = ready.get("namespace", "?")
         self.uid = ready.get("uid")
         self.namespace_id = isolation.namespace_of(self.pid) if "pid" in self.namespace else None
         self.baseline_rss_mb = _rss_mb(self.pid)
 
+    @staticmethod
+    def _running(pid: int) -> bool:
+        try:
+            with open(f"/proc/{pid}/stat") as f:
+                return f.read().rsplit(")", 1)[1].split()[0] not in "ZX"
+        except (OSError, IndexError):
+            return False
+
     def alive(self) -> bool:
-        return self.proc.poll() is None and (self.pid is None or os.path.exists(f"/proc/{self.pid}"))
+        return self._running(self.keeper) and (self.pid is None or self._running(self.pid))
 
     def log_tail(self, chars: int = 1500) -> str:
         try:
@@ -258,17 +361,28 @@ class _Worker:
     def others(self) -> list[int]:
         """Processes of the worker's tree other than keeper and worker (read from /proc
         here, by the parent): in its PID namespace, or re-parented to its keeper."""
-        found = set(isolation.descendants(self.proc.pid))
+        found = set(isolation.descendants(self.keeper))
         if self.namespace_id:
             found |= set(isolation.processes_in_namespace(self.namespace_id))
-        return sorted(found - {self.pid, self.proc.pid})
+        return sorted(found - {self.pid, self.keeper})
 
     def kill(self) -> None:
-        if self.proc.poll() is None or self.others():
-            isolation.kill_tree(self.proc.pid)
-        self.proc.wait()
+        """End every process of the tree (the pipes stay open: events can still be read).
+        The keeper goes last, so that it reaps the others (a zombie left to an init that
+        does not reap would stay)."""
+        if self._running(self.keeper) or self.others():
+            isolation.kill_tree(self.keeper, include_root=False)
+            deadline = time.monotonic() + 5
+            while self._running(self.keeper) and time.monotonic() < deadline:
+                time.sleep(0.005)             # the keeper exits once its worker is reaped
+            if self._running(self.keeper):
+                isolation.kill_tree(self.keeper)
+
+    def close(self) -> None:
+        """:meth:`kill`, then close the pipes, the area and the log."""
+        self.kill()
         try:
-            self.proc.stdin.close()
+            self.stdin.close()
         except OSError:
             pass
         for fd in (self._reply, self._events, self.area_fd):
@@ -276,10 +390,12 @@ class _Worker:
                 os.close(fd)
             except OSError:
                 pass
+        self._reply = self._events = self.area_fd = -1
         if self.area is not None:
             self.area.close()
             self.area = None
-        self.log.close()
+        if not self.log.closed:
+            self.log.close()
 
     def drain_events(self) -> dict[str, str]:
         """The audit findings the worker wrote to the event pipe so far (cumulative)."""
@@ -324,8 +440,8 @@ class _Worker:
         nonce = secrets.token_hex(8)
         obj = dict(obj, nonce=nonce)
         try:
-            self.proc.stdin.write((json.dumps(obj) + "\n").encode())
-            self.proc.stdin.flush()
+            self.stdin.write((json.dumps(obj) + "\n").encode())
+            self.stdin.flush()
         except (BrokenPipeError, OSError):
             raise self._died() from None
         reply = self._read(timeout_s)
@@ -342,13 +458,30 @@ class _Worker:
         return reply
 
     def _died(self) -> _WorkerDied:
+        """The worker is gone: its keeper reports how it ended on the reply pipe."""
         deadline = time.monotonic() + 5
-        while self.alive() and time.monotonic() < deadline:
-            time.sleep(0.01)
-        code = self.proc.poll()
+        code = None
+        while code is None and time.monotonic() < deadline:
+            for line in self._buffer.split(b"\n"):
+                try:
+                    code = json.loads(line).get("exited")
+                except (ValueError, AttributeError):
+                    continue
+                if code is not None:
+                    break
+            if code is None:
+                ready = selectors.DefaultSelector()
+                ready.register(self._reply, selectors.EVENT_READ)
+                if ready.select(0.05):
+                    chunk = os.read(self._reply, 1 << 16)
+                    if not chunk and not self._running(self.keeper):
+                        break
+                    self._buffer += chunk
+                ready.close()
+        self.kill()
         if code is None:
-            self.kill()
-            code = self.proc.returncode
+            return _WorkerDied("crashed", "the candidate's process ended (no exit status)")
+        self.exit_code = code
         if code < 0 or code > 128:
             signum = -code if code < 0 else code - 128
             name = signal.Signals(signum).name if signum in signal.Signals._value2member_map_ else str(signum)
@@ -385,10 +518,14 @@ class _Worker:
             sel.close()
         line, self._buffer = self._buffer.split(b"\n", 1)
         try:
-            return json.loads(line)
+            reply = json.loads(line)
         except ValueError:
             raise _WorkerDied("fail", "a reply that is not the worker's JSON: written by the candidate",
                               "forged_reply") from None
+        if isinstance(reply, dict) and set(reply) == {"exited"}:   # the keeper: the worker has ended
+            self._buffer = line + b"\n" + self._buffer
+            raise self._died()
+        return reply
 
 
 class _Layout:
@@ -477,9 +614,10 @@ class Verifier:
     def _ensure_worker(self) -> _Worker:
         if self._worker is None or not self._worker.alive():
             if self._worker is not None:
-                self._worker.kill()
+                self._worker.close()
                 self.restarts += 1
-            self._worker = _Worker(self.workdir, self.memory_limit_mb, self.startup_timeout_s, self.isolation)
+            self._worker = _Worker(_shared_zygote(self.startup_timeout_s), self.workdir, self.memory_limit_mb, self.startup_timeout_s,
+                                   self.isolation)
         return self._worker
 
     @property
@@ -492,7 +630,7 @@ class Verifier:
 
     def close(self) -> None:
         if self._worker is not None:
-            self._worker.kill()
+            self._worker.close()
             self._worker = None
         shutil.rmtree(self.workdir, ignore_errors=True)
 
@@ -564,6 +702,7 @@ class Verifier:
         solve_s = 0.0
         try:
             worker = self._ensure_worker()
+            deadline = time.monotonic() + self.time_limit_s   # a worker's start does not count
             worker.events = {}
             reply = worker.request({"op": "load", "task": task.name, "path": path}, left())
             if reply.get("status") != "loaded":
@@ -598,7 +737,7 @@ class Verifier:
                 if name in FLAGS:
                     verdict.flags.setdefault(name, detail)
             if dead is not None:
-                dead.kill()
+                dead.close()
                 self._worker = None
                 self.restarts += 1
             return verdict
@@ -613,7 +752,7 @@ class Verifier:
                                        "running after its runs: all were killed with the worker")
         if left_behind or set(flags) & _TAINTING:
             # a worker the candidate may have changed from inside serves no other candidate
-            worker.kill()
+            worker.close()
             self._worker = None
             self.restarts += 1
         verdict = self._judge(task, kind, cases, results, reply, flags, timing)

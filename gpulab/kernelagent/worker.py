@@ -41,6 +41,7 @@ import threading
 import time
 import traceback
 
+ZYGOTE_FD_ENV = "GPULAB_VERIFIER_ZYGOTE_FD"
 REPLY_FD_ENV = "GPULAB_VERIFIER_REPLY_FD"
 EVENT_FD_ENV = "GPULAB_VERIFIER_EVENT_FD"
 AREA_FD_ENV = "GPULAB_VERIFIER_AREA_FD"
@@ -525,10 +526,10 @@ def _private_reply_channel():
     return os.fdopen(hidden, "w")
 
 
-def main() -> None:
+def _worker_main(namespace: str) -> None:
+    """The worker proper, once it is process 1 of its namespace (or below a subreaper)."""
     from . import isolation
 
-    namespace = isolation.enter_namespace()    # the keeper stays behind in there
     proto = _private_reply_channel()
     area = _Area(int(os.environ.pop(AREA_FD_ENV)))
     uid = os.environ.pop("GPULAB_ISOLATION_UID", None)
@@ -560,7 +561,8 @@ def main() -> None:
         resource.setrlimit(resource.RLIMIT_NPROC, (4096, 4096))  # per uid: a fork bomb stops here
     runner.watched = _watched_objects()
     runner.note = _install_audit(hooks, int(os.environ.pop(EVENT_FD_ENV)))
-    ready = {"ready": True, "mode": gpulab.MODE, "namespace": namespace, "uid": os.getuid()}
+    ready = {"ready": True, "mode": gpulab.MODE, "namespace": namespace, "uid": os.getuid(),
+             "start_s": round(time.perf_counter() - _STARTED[0], 3) if _STARTED else None}
     proto.write(json.dumps(ready) + "\n")
     proto.flush()
     handlers = {"load": _load, "run": _run, "time": _time}
@@ -580,6 +582,102 @@ def main() -> None:
         reply["nonce"] = req.get("nonce")
         proto.write(json.dumps(reply) + "\n")
         proto.flush()
+    os._exit(0)
+
+
+_STARTED: list[float] = []
+
+
+def _serve(request: dict, fds: list[int]) -> None:
+    """In a fresh child of the zygote: take the worker's descriptors, become its keeper,
+    and run the worker below it (never returns)."""
+    from . import isolation
+
+    _STARTED.append(time.perf_counter())
+    stdin_r, reply_w, events_w, area_fd, log_fd = fds
+    os.dup2(stdin_r, 0)
+    os.dup2(log_fd, 1)
+    os.dup2(log_fd, 2)
+    os.close(stdin_r)
+    os.close(log_fd)
+    sys.stdin = open(0, "r", closefd=False)
+    os.environ.update({REPLY_FD_ENV: str(reply_w), EVENT_FD_ENV: str(events_w), AREA_FD_ENV: str(area_fd),
+                       "GPULAB_VERIFIER_MEMORY_MB": str(request.get("memory_mb", 0)),
+                       "HOME": request.get("home") or os.environ.get("HOME", "/")})
+    if request.get("uid") is not None:
+        os.environ["GPULAB_ISOLATION_UID"] = str(request["uid"])
+    if request.get("cwd"):
+        os.chdir(request["cwd"])
+    if request.get("blocked"):
+        from gpulab import sandbox
+
+        os.environ[sandbox.BLOCKED_ENV] = request["blocked"]
+    try:
+        namespace = isolation.enter_namespace(report_fd=reply_w)   # the keeper stays in there
+        _worker_main(namespace)
+    except BaseException:
+        traceback.print_exc()
+        sys.stderr.flush()
+    os._exit(1)
+
+
+def _zygote(sock_fd: int) -> None:
+    """The process the verifier starts once: it imports torch, numba and gpulab (and, under
+    the simulator, runs a kernel), then forks a fresh worker for each request. It never
+    runs a candidate itself, so every worker starts from a clean copy in milliseconds
+    instead of a new interpreter's seconds. No CUDA context is made here (a context does not
+    survive a fork): on a GPU each worker makes its own."""
+    import signal
+    import socket
+
+    sock = socket.socket(fileno=sock_fd)
+    os.environ.setdefault("GPULAB_QUIET", "1")
+    import gpulab
+    import gpulab.harness  # noqa: F401
+    import torch  # noqa: F401
+    import torch.overrides  # noqa: F401
+    import torch.utils._python_dispatch  # noqa: F401
+    from numba import cuda  # noqa: F401
+
+    from . import isolation, tasks, timing  # noqa: F401
+    if gpulab.SIMULATOR:
+        _warm_up()
+    # the first torch dispatch mode imports much of torch (seconds): once, here, on the CPU
+    runner = _Runner(_Hooks(), None)
+    with runner.AtenRecorder(), runner.Recorder():
+        torch.softmax(torch.zeros(3) + 1, -1)
+
+    def reap(*_):
+        while True:
+            try:
+                pid, _ = os.waitpid(-1, os.WNOHANG)
+            except ChildProcessError:
+                return
+            if pid == 0:
+                return
+
+    signal.signal(signal.SIGCHLD, reap)
+    sock.sendall(b'{"zygote": true}\n')
+    while True:
+        try:
+            msg, fds, _, _ = socket.recv_fds(sock, 1 << 16, 8)
+        except OSError:
+            os._exit(0)
+        if not msg:
+            os._exit(0)           # the verifier is gone
+        request = json.loads(msg)
+        keeper = os.fork()
+        if keeper == 0:
+            signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+            sock.close()
+            _serve(request, fds)
+        for fd in fds:
+            os.close(fd)
+        sock.sendall((json.dumps({"keeper": keeper}) + "\n").encode())
+
+
+def main() -> None:
+    _zygote(int(os.environ.pop(ZYGOTE_FD_ENV)))
 
 
 if __name__ == "__main__":

@@ -712,24 +712,25 @@ RMSNORM_VERIFIED.planted = [
             simulator_only=True),
     Planted("weight ignored", _rmsnorm_variant(("x[r, j] * inv * weight[j]", "x[r, j] * inv")),
             expect="ignores_input"),
+    # the kernel runs, then torch overwrites its answer: the static checker sees a launch,
+    # the verifier's recorders see the torch calls
     Planted("computed with torch", _rmsnorm_variant(
-        (_LAUNCH, "out.copy_(x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + 1e-6) * weight)")),
+        (_LAUNCH, _LAUNCH + "\n    out.copy_(x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + 1e-6) * weight)")),
         expect="calls_torch_op"),
+    # refused by the verifier's static checker before it runs (an import of the course's code)
     Planted("calls the task's reference", _rmsnorm_variant(
         (_LAUNCH, f"from {rmsnorm_reference.__module__} import rmsnorm_reference\n"
-                  "    out.copy_(rmsnorm_reference(x, weight))")), expect="calls_reference"),
+                  "    out.copy_(rmsnorm_reference(x, weight))")), expect="may import only"),
     Planted("sums on the device, the rest on the host (numpy)", _RMSNORM_HOST_FINISH, expect="on the host"),
     Planted("one shared total, a plain += from every thread", _RMSNORM_SHARED_RACE, expect="at the same time",
             simulator_only=True),
     # simulator only: on a GPU the verifier's "wrong values" is all there is to say
     Planted("the tree sum's barrier inside `if t < step`", _RMSNORM_BARRIER_IN_BRANCH,
             expect="barrier inside a branch", simulator_only=True),
+    # these two never run: the verifier's static checker refuses the import and the patch
     Planted("a fixed grid, and top-level code that patches the engine's compare", _RMSNORM_PATCHES_THE_CHECKER,
-            expect="changed the checker"),
-    # simulator only: on a GPU data_ptr() is device memory, and ctypes reading it crashes the
-    # verifier's child before the engine sees anything
-    Planted("the host finishes through data_ptr() and ctypes", _RMSNORM_RAW_POINTERS, expect="raw memory",
-            simulator_only=True),
+            expect="patching an object"),
+    Planted("the host finishes through data_ptr() and ctypes", _RMSNORM_RAW_POINTERS, expect="imports 'ctypes'"),
     Planted("torch only, no kernel", "import torch\n\n\ndef solve(x, weight, out):\n    out.copy_(x)\n",
             expect="gpulab.kernel"),
 ]
