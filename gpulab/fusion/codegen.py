@@ -71,8 +71,11 @@ class Schedule:
     unsigned_index: bool = True
 
     def __post_init__(self):
-        if not isinstance(self.per_thread, int) or not 1 <= self.per_thread <= 16:
+        if isinstance(self.per_thread, bool) or not isinstance(self.per_thread, int) or not 1 <= self.per_thread <= 16:
             raise ValueError(f"Schedule.per_thread must be an int from 1 to 16, got {self.per_thread!r}")
+        for name in ("grid_stride", "unsigned_index"):
+            if not isinstance(getattr(self, name), bool):
+                raise ValueError(f"Schedule.{name} must be True or False, got {getattr(self, name)!r}")
 
     @property
     def tile(self) -> int:

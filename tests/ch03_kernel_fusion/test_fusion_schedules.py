@@ -51,8 +51,11 @@ def test_the_source_says_its_schedule_and_index_type():
 
 
 def test_bad_schedules_are_refused():
-    with pytest.raises(ValueError, match="per_thread"):
-        Schedule(0)
+    for bad in (0, 17, True, 2.0):
+        with pytest.raises(ValueError, match="per_thread"):
+            Schedule(bad)
+    with pytest.raises(ValueError, match="grid_stride must be True or False"):
+        Schedule(4, "yes")
     with pytest.raises(TypeError, match="Schedule"):
         fk.Pipeline(fk.relu(), schedule=4)
     with pytest.raises(ValueError, match="blocks_per_sm"):
