@@ -73,6 +73,17 @@ def chain(k: int, fastmath: bool = False, schedule: Schedule | None = None) -> f
     return fk.Pipeline(*[cycle[i % 4] for i in range(k)], fastmath=fastmath, schedule=schedule)
 
 
+def baked_chain(k: int) -> fk.Pipeline:
+    """The same chain with its parameters written into the code as constants (as inductor's
+    kernels have them), not read from the params array: what run-time parameters cost."""
+    c = lambda v: f"float32({v!r})"   # noqa: E731
+    cycle = [fk.map_op("affine_c", f"{{x}} * {c(1.5)} + {c(0.25)}", lambda x, p: x * 1.5 + 0.25),
+             fk.relu(),
+             fk.map_op("clamp_c", f"min(max({{x}}, {c(-1.0)}), {c(2.0)})", lambda x, p: torch.clamp(x, -1.0, 2.0)),
+             fk.sigmoid()]
+    return fk.Pipeline(*[cycle[i % 4] for i in range(k)])
+
+
 def torch_chain(pipe: fk.Pipeline):
     """The chain as plain torch ops (what eager runs and torch.compile traces)."""
     ops = [(op.torch_fn, op.params) for op in pipe.maps]
@@ -320,6 +331,11 @@ def schedules(chain_lengths, log_n):
                    "same_output": same, "isa": _counts(pipe)}
             rows.append(row)
             print(f"k={k:2d} {name:45s} {row['ms']:.4f} ms  sass/pixel {row['isa'].get('per_pixel')}  same {same}")
+    for k in chain_lengths:
+        baked = baked_chain(k)
+        same = bool(torch.equal(baked(x), chain(k)(x)))
+        rows.append({"ops": k, "schedule": "default, parameters as constants in the code", "ms": median_ms(baked, x),
+                     "same_output": same, "isa": _counts(baked)})
     for k in chain_lengths:
         fast = chain(k, fastmath=True)
         fast(x)
