@@ -99,8 +99,9 @@ def access_figure(rec: Recording, launch: int = 0, kind: str = "write", color: s
     block, barrier phase, step: ``color``) that made its last ``kind`` access ("read" or
     "write"). ``block``, ``thread`` (linear indices, x fastest) and ``phase`` keep only
     those accesses. Elements several threads wrote are crossed (a race unless atomic or
-    ordered by a barrier); blank ones were never touched. 1-D arrays wrap every ``wrap``
-    elements, so with ``wrap=32`` a row is what one warp of a 1-D block touches; an array of
+    ordered by a barrier), orange rings mark elements of uncoalesced or bank-conflicted warp
+    accesses (:meth:`Recording.uncoalesced`, :meth:`Recording.bank_conflicts`), and blank
+    ones were never touched. 1-D arrays wrap every ``wrap`` elements, so with ``wrap=32`` a row is what one warp of a 1-D block touches; an array of
     three or more dimensions shows its first index as the row. ``arrays`` names the arrays
     to draw (by default every one the launch made a ``kind`` access to).
     Shared arrays are shown for ``block`` (block 0 when none is picked): each block has its own."""
@@ -122,6 +123,7 @@ def access_figure(rec: Recording, launch: int = 0, kind: str = "write", color: s
               and any(r.array == a.name and r.space == sp and r.kind == kind for r in rows)]
     if not arrays:
         raise ValueError(f"launch {launch} ({trace.kernel}) made no {kind} of an array")
+    costly = _costly_elements(trace, kind, block, thread, phase)
     titles = []
     pictures = []
     for arr, space in arrays:
@@ -145,7 +147,10 @@ def access_figure(rec: Recording, launch: int = 0, kind: str = "write", color: s
             for j in range(n_cols):
                 if not text[i][j]:
                     text[i][j] = "never " + ("read" if kind == "read" else "written")
-        crowded = [(i, j) for (i, j), who in touched_by.items() if len(who) > 1]
+        # several readers of one element is a broadcast; several writers, a race unless ordered
+        crowded = [(i, j) for (i, j), who in touched_by.items() if len(who) > 1] if kind == "write" else []
+        slow = sorted({_cell(index, arr.shape, wrap) for (sp, name, index, blk) in costly
+                       if sp == space and name == arr.name and (space == "global" or blk == shared_block)})
         untouched = int(np.isnan(z).sum()) - (n_rows * n_cols - int(np.prod(arr.shape)))
         where = f", block {shared_block}" if space == "shared" else ""
         titles.append(f"{arr.name} ({space}{where}): {len(picked)} {kind}s, {untouched} elements never "
@@ -154,23 +159,32 @@ def access_figure(rec: Recording, launch: int = 0, kind: str = "write", color: s
             axes = (f"element mod {n_cols}", f"element // {n_cols}")
         else:
             axes = ("column" if len(arr.shape) == 2 else "column (later indices flattened)", "row")
-        pictures.append((z, text, crowded, axes))
+        pictures.append((z, text, crowded, axes, slow, space))
     fig = make_subplots(rows=len(pictures), cols=1, subplot_titles=titles, vertical_spacing=0.12 / len(pictures))
     colorbar_title = {"thread": "thread (linear)", "block": "block (linear)", "phase": "barrier phase",
                       "step": "thread's step"}[color]
-    for k, (z, text, crowded, axes) in enumerate(pictures, start=1):
+    legend_shown = set()
+    for k, (z, text, crowded, axes, slow, space) in enumerate(pictures, start=1):
         fig.add_trace(go.Heatmap(z=z, text=text, hovertemplate="%{text}<extra></extra>", colorscale="Viridis",
                                  showscale=(k == 1), colorbar=dict(title=colorbar_title), xgap=1, ygap=1),
                       row=k, col=1)
         if crowded:
             fig.add_trace(go.Scatter(x=[j for _, j in crowded], y=[i for i, _ in crowded], mode="markers",
                                      marker=dict(symbol="x", size=10, color="red"),
-                                     name="touched by several threads", showlegend=(k == 1),
+                                     name="written by several threads", showlegend="x" not in legend_shown,
                                      hoverinfo="skip"), row=k, col=1)
+            legend_shown.add("x")
+        if slow:
+            label = "in a bank-conflicted warp access" if space == "shared" else "in an uncoalesced warp access"
+            fig.add_trace(go.Scatter(x=[j for _, j in slow], y=[i for i, _ in slow], mode="markers",
+                                     marker=dict(symbol="circle-open", size=7, color="orange", line=dict(width=2)),
+                                     name=label, showlegend=label not in legend_shown, hoverinfo="skip"),
+                          row=k, col=1)
+            legend_shown.add(label)
         fig.update_xaxes(title_text=axes[0], row=k, col=1)
         fig.update_yaxes(title_text=axes[1], autorange="reversed", row=k, col=1,
                          dtick=1 if z.shape[0] <= 12 else None)
-    heights = sum(max(80, 22 * z.shape[0]) for z, _, _, _ in pictures)
+    heights = sum(max(80, 22 * picture[0].shape[0]) for picture in pictures)
     picked_text = "".join([f", block {block}" if block is not None else "",
                            f", thread {thread}" if thread is not None else "",
                            f", phase {phase}" if phase is not None else ""])
@@ -178,6 +192,23 @@ def access_figure(rec: Recording, launch: int = 0, kind: str = "write", color: s
                             f"(colour: {colorbar_title}{picked_text})",
                       height=140 + heights + 60 * len(pictures), legend=dict(orientation="h", y=-0.05))
     return fig
+
+
+def _costly_elements(trace, kind, block, thread, phase) -> set:
+    """(space, array, index, linear block) of the elements that warp accesses with more
+    sectors or bank wavefronts than their bytes need touched, among the picked accesses."""
+    found = set()
+    for w in _warp_accesses(trace, None):
+        if w.ok or w.kind != kind:
+            continue
+        if block is not None and _linear(w.block, trace.grid) != block:
+            continue
+        if phase is not None and w.phase != phase:
+            continue
+        for t, index in zip(w.threads, w.indices):
+            if index is not None and (thread is None or _linear(t, trace.block) == thread):
+                found.add((w.space, w.array, index, _linear(w.block, trace.grid)))
+    return found
 
 
 def phase_figure(rec: Recording, array: str, launch: int = 0, block: int = 0, wrap: int = 64):
@@ -264,12 +295,14 @@ def warp_figure(rec: Recording, launch: int | None = None):
 
 def explore(rec: Recording):
     """A picker over a trace: launch, read or write, colour, and one block, thread or
-    barrier phase (-1 for all). Returns the widget: a notebook cell that ends with it shows it."""
+    barrier phase (-1 for all); or, as "warps", the launch's :func:`warp_figure`. Returns the
+    widget: a notebook cell that ends with it shows it."""
     import ipywidgets as widgets
 
     _require_trace(rec)
     launches = [(f"{n}: {t.kernel}", n) for n, t in enumerate(rec.launches)]
     pick_launch = widgets.Dropdown(options=launches, value=0, description="launch")
+    pick_view = widgets.ToggleButtons(options=["elements", "warps"], value="elements", description="view")
     pick_kind = widgets.ToggleButtons(options=["write", "read"], value="write", description="accesses")
     pick_color = widgets.Dropdown(options=list(_COLOR_BY), value="thread", description="colour by")
     pick_block = widgets.IntSlider(value=-1, min=-1, max=0, description="block")
@@ -286,17 +319,24 @@ def explore(rec: Recording):
     def draw(*_):
         out.clear_output(wait=True)
         with out:
-            fig = access_figure(rec, pick_launch.value, pick_kind.value, pick_color.value,
-                                block=None if pick_block.value < 0 else pick_block.value,
-                                thread=None if pick_thread.value < 0 else pick_thread.value,
-                                phase=None if pick_phase.value < 0 else pick_phase.value)
+            try:
+                if pick_view.value == "warps":
+                    fig = warp_figure(rec, pick_launch.value)
+                else:
+                    fig = access_figure(rec, pick_launch.value, pick_kind.value, pick_color.value,
+                                        block=None if pick_block.value < 0 else pick_block.value,
+                                        thread=None if pick_thread.value < 0 else pick_thread.value,
+                                        phase=None if pick_phase.value < 0 else pick_phase.value)
+            except ValueError as exc:  # a pick with nothing to draw (a thread that wrote nothing)
+                print(exc)
+                return
             fig.show()
 
     limits()
     pick_launch.observe(limits, names="value")
-    for w in (pick_launch, pick_kind, pick_color, pick_block, pick_thread, pick_phase):
+    for w in (pick_launch, pick_view, pick_kind, pick_color, pick_block, pick_thread, pick_phase):
         w.observe(draw, names="value")
     draw()
-    box = widgets.VBox([widgets.HBox([pick_launch, pick_kind, pick_color]),
+    box = widgets.VBox([widgets.HBox([pick_launch, pick_view]), widgets.HBox([pick_kind, pick_color]),
                         widgets.HBox([pick_block, pick_thread, pick_phase]), out])
     return box

@@ -307,7 +307,7 @@ def test_access_figure_colours_each_element_by_its_writer():
 
 
 @sim_only
-def test_racing_elements_are_crossed_and_phases_pictured():
+def test_racing_elements_are_crossed_and_phases_pictured(monkeypatch):
     with gpulab.trace() as t:
         plain_histogram[1, 32](_rand(20), torch.zeros(1))
     fig = traceviz.access_figure(t)
@@ -320,8 +320,16 @@ def test_racing_elements_are_crossed_and_phases_pictured():
     assert z.shape == (10, 256) and (~np.isnan(z[1])).sum() == 128 and z[8, 0] == 0  # phase 9: the final read
     warps = traceviz.warp_figure(t)
     assert all(c == "seagreen" for c in warps.data[0].marker.color)
+    drawn = []
+    monkeypatch.setattr(traceviz, "warp_figure", lambda rec, launch: drawn.append(("warps", launch)) or warps)
+    monkeypatch.setattr(traceviz, "access_figure", lambda rec, launch, kind, *a, **k: drawn.append((kind, launch))
+                        or fig)
     box = traceviz.explore(t)
-    assert box.children  # the picker's widgets and its figure
+    (launch_picker, view_picker), (kind_picker, _) = box.children[0].children, box.children[1].children
+    assert launch_picker.options[0] == ("0: block_sums_kernel", 0)
+    kind_picker.value = "read"
+    view_picker.value = "warps"
+    assert drawn == [("write", 0), ("read", 0), ("warps", 0)]   # each pick redraws
 
 
 @sim_only
@@ -425,3 +433,18 @@ def test_a_picture_of_an_image_keeps_its_rows_and_picks_its_arrays():
     assert np.shape(heatmap.z) == (2, 15)      # [H, W, C]: H rows of W * C
     with pytest.raises(ValueError, match="no write"):
         traceviz.access_figure(t, arrays=["nothing"])
+
+
+@sim_only
+def test_uncoalesced_and_bank_conflicted_elements_are_ringed():
+    m = _rand(32, 32)
+    out = torch.empty(32, 32)
+    with gpulab.trace() as t:
+        basics.transpose_naive_kernel[(1, 4), (32, 8)](m, out)
+        basics.transpose_tiled_unpadded_kernel[(1, 1), (32, 8)](m, out)
+    rings = [d for d in traceviz.access_figure(t, launch=0).data if d.name == "in an uncoalesced warp access"]
+    assert len(rings) == 1 and len(rings[0].x) == 32 * 32     # every write of dst was in one
+    assert not [d for d in traceviz.access_figure(t, launch=0, kind="read").data if d.type == "scatter"]
+    shared = [d for d in traceviz.access_figure(t, launch=1, kind="read").data
+              if d.name == "in a bank-conflicted warp access"]
+    assert len(shared) == 1 and len(shared[0].x) == 32 * 32   # every read of the unpadded tile
