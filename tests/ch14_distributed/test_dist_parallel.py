@@ -8,7 +8,9 @@ import torch
 from gpulab.dist import ddp, fsdp, pipeline, tp
 from gpulab.dist.model import ModelConfig, build_model, loss_fn, reference_step, synthetic_batch
 
-CFG = ModelConfig()          # dim 64, 4 layers, 8 heads, 4 kv heads (GQA), SwiGLU 96, vocab 96
+# 4 layers (one per stage at 4 ranks), 8 heads sharing 4 kv heads (GQA; 4 kv heads split over
+# 4 tensor-parallel ranks), every size a multiple of 4 (sequence parallel splits seq 8)
+CFG = ModelConfig(vocab_size=64, dim=32, n_heads=8, n_kv_heads=4, ffn_dim=48, max_seq_len=8)
 BATCH = 8
 SIZES = (2, 4)
 
@@ -39,7 +41,7 @@ def merged(results):
 
 def test_reference_is_a_real_llama_step():
     loss, grads = reference()
-    assert 4.0 < float(loss) < 5.5                  # about ln(96) = 4.56 at init
+    assert 3.5 < float(loss) < 5.0                  # about ln(64) = 4.16 at init
     assert all(g.abs().sum() > 0 for g in grads.values()), "a parameter got no gradient"
     assert CFG.n_heads // CFG.n_kv_heads == 2       # grouped-query attention is exercised
 
@@ -48,10 +50,14 @@ def test_reference_is_a_real_llama_step():
 @pytest.mark.parametrize("step", [ddp.ddp_by_hand, ddp.ddp_native, fsdp.fsdp_by_hand, fsdp.fsdp_native],
                          ids=lambda f: f.__name__)
 def test_data_parallel_matches_one_process(pool, step, size):
-    results = pool.run(step, CFG, BATCH, size)
+    # the by-hand ZeRO-3 also takes its sharded AdamW step (checked below against AdamW)
+    kw = {"optimizer_step": True} if step is fsdp.fsdp_by_hand else {}
+    results = pool.run(step, CFG, BATCH, size, **kw)
     assert results[size:] == [None] * (4 - size)
-    for rank, (loss, grads) in enumerate(results[:size]):
-        assert_matches_one_process(loss, grads, f"{step.__name__} rank {rank} of {size}")
+    for rank, result in enumerate(results[:size]):
+        assert_matches_one_process(result[0], result[1], f"{step.__name__} rank {rank} of {size}")
+    if kw:
+        assert_sharded_adamw_equals_adamw(results[0][2])
 
 
 @pytest.mark.parametrize("size", SIZES)
@@ -74,14 +80,14 @@ def test_pipeline_matches_one_process(pool, step, schedule, size):
     assert_matches_one_process(loss, grads, f"{step.__name__} {schedule} at {size}")
 
 
-def test_sharded_adamw_equals_adamw_on_the_whole_model(pool):
-    _, _, params = pool.run(fsdp.fsdp_by_hand, CFG, BATCH, 4, optimizer_step=True)[0]
+def assert_sharded_adamw_equals_adamw(params):
     tokens, labels = synthetic_batch(CFG, BATCH)
     model = build_model(CFG)
     loss_fn(model(tokens), labels).backward()
     torch.optim.AdamW(model.parameters(), **fsdp.ADAMW).step()
     for name, p in model.named_parameters():
-        torch.testing.assert_close(params[name], p.detach(), atol=2e-5, rtol=1e-4)
+        # the first AdamW step is about lr * sign(grad): 1e-4 is 1% of lr, while a wrong shard is off by lr
+        torch.testing.assert_close(params[name], p.detach(), atol=1e-4, rtol=1e-4)
 
 
 def test_mixed_precision_fully_shard_is_close_to_fp32(pool):
