@@ -185,8 +185,8 @@ def _rss_mb(pid: int) -> float:
 #: the keys each reply may carry: a reply with more is not the worker's
 _REPLY_KEYS = {
     "load": {"status", "error", "nonce"},
-    "run": {"status", "errors", "side_streams", "tampered", "record", "error", "nonce"},
-    "time": {"status", "error", "times_ms", "clock", "tampered", "record", "nonce"},
+    "run": {"status", "errors", "side_streams", "tampered", "record", "error", "nonce", "solve_s"},
+    "time": {"status", "error", "times_ms", "clock", "tampered", "record", "nonce", "solve_s"},
     "end": {"status", "nonce", "error"},
 }
 _RECORD_KEYS = {"torch_ops", "aten_ops", "launches", "empty_launches", "blind_launches", "streams",
@@ -708,14 +708,12 @@ class Verifier:
             if reply.get("status") != "loaded":
                 worker.request({"op": "end"}, left())
                 return Verdict(task.name, kind, reply.get("status", "error"), message=str(reply.get("error", "")))
-            t0 = time.perf_counter()
             results, reply = self._run_cases(worker, task, cases, left)
-            solve_s = time.perf_counter() - t0
+            solve_s = _seconds(reply.get("solve_s"))
             timing = None
             if self.timing and not any(r["error"] for r in results):
-                t0 = time.perf_counter()
                 timing = self._time(worker, task, left)
-                solve_s += time.perf_counter() - t0
+                solve_s = max(solve_s, _seconds(timing.get("solve_s")))   # cumulative over the turn
             try:
                 ended = worker.request({"op": "end"}, left())
             except _WorkerDied as died:
@@ -844,7 +842,7 @@ class Verifier:
                         "reference timed the same way: work the events did not see")
         return {"shape": list(shape), "candidate": cand.as_dict(), "reference": ref["summary"].as_dict(),
                 "problems": problems, "mismatch": mismatch, "wall_s": wall_s,
-                "record": reply.get("record") or {}}
+                "record": reply.get("record") or {}, "solve_s": reply.get("solve_s")}
 
     def _reference_timing(self, task: Task, shape, runs: int) -> dict:
         """The reference, timed in this process with the same protocol (cached per shape)."""
@@ -1011,6 +1009,11 @@ class Verifier:
         verdict.feedback["roofline_fraction"] = float(bound) / cand if cand > 0 else float("inf")
         if not ok and runtime.ON_GPU:  # CPU wall times of simulated kernels bound nothing
             verdict.flags["implausible_speedup"] = why
+
+
+def _seconds(value) -> float:
+    """A duration the worker reported (for the overhead figure only: never for a verdict)."""
+    return float(value) if isinstance(value, (int, float)) and value >= 0 else 0.0
 
 
 def _merge_records(*records) -> dict:

@@ -41,6 +41,8 @@ import threading
 import time
 import traceback
 
+_CLOCK = time.perf_counter         # taken before any candidate could replace it
+
 ZYGOTE_FD_ENV = "GPULAB_VERIFIER_ZYGOTE_FD"
 REPLY_FD_ENV = "GPULAB_VERIFIER_REPLY_FD"
 EVENT_FD_ENV = "GPULAB_VERIFIER_EVENT_FD"
@@ -318,6 +320,7 @@ class _Runner:
         self.solve = None
         self.task = None
         self.note = None              # set once the audit hook is in
+        self.solve_s = 0.0            # time inside the candidate's calls (for the overhead figure)
         self.watched = []
         self.copy = torch.Tensor.copy_         # captured before any candidate: a C method
         self.plain_tensor = torch.Tensor
@@ -349,6 +352,7 @@ class _Runner:
         hooks, harness = self.hooks, self.gpulab.harness
         hooks.out_range = (out.data_ptr(), out.data_ptr() + out.numel() * out.element_size())
         hooks.active = True
+        started = _CLOCK()
         try:
             with harness.candidate_running("candidate"):
                 if watched:
@@ -357,6 +361,7 @@ class _Runner:
                 else:
                     self.solve(*xs, out=out)
         finally:
+            self.solve_s += _CLOCK() - started
             hooks.active = False
             if self.note is not None:
                 _check_integrity(self.watched, hooks, self.note)
@@ -395,6 +400,7 @@ def _load(runner: _Runner, hooks: _Hooks, req: dict) -> dict:
     from .tasks import get_task
 
     hooks.reset()
+    runner.solve_s = 0.0
     runner.task = get_task(req["task"])
     try:
         try:
@@ -441,7 +447,7 @@ def _run(runner: _Runner, hooks: _Hooks, req: dict) -> dict:
         side_streams.append(side)
         tampered.append(swapped)
     return {"status": "ran", "errors": errors, "side_streams": side_streams, "tampered": tampered,
-            "record": hooks.record()}
+            "record": hooks.record(), "solve_s": runner.solve_s}
 
 
 def _time(runner: _Runner, hooks: _Hooks, req: dict) -> dict:
@@ -480,7 +486,7 @@ def _time(runner: _Runner, hooks: _Hooks, req: dict) -> dict:
         return {"status": "timed", "error": f"{type(exc).__name__}: {exc}", "times_ms": [], "clock": "",
                 "tampered": tampered, "record": hooks.record()}
     return {"status": "timed", "error": None, "times_ms": result["times_ms"], "clock": result["clock"],
-            "tampered": tampered, "record": hooks.record()}
+            "tampered": tampered, "record": hooks.record(), "solve_s": runner.solve_s}
 
 
 def _limit_memory(megabytes: int, simulator: bool) -> None:
