@@ -33,6 +33,7 @@ from .. import runtime
 from ..launch import kernel
 from .constants import (ALPHA_MIN, BATCH, EIGEN_FLOOR, EXTEND_MAX, FOV_CLAMP, LOW_PASS, SH_C0, SH_C1, SH_C2,
                         SH_C3, SIGMAS, T_MIN, TILE)
+from . import tilesort
 from .footprints import GAUSSIAN, Footprint
 from .torch_impl import Projection, sort_keys, tile_grid
 
@@ -438,11 +439,19 @@ def bin_and_sort(means2d: torch.Tensor, radii: torch.Tensor, depths: torch.Tenso
     """numba twin of :func:`torch_impl.bin_and_sort`: (sorted tile ids [L] int32, Gaussian ids [L] int32).
 
     Tile-major with 32-bit keys: depth order once per Gaussian, pairs written in that order,
-    then a stable sort of the tile ids. 3DGS and gsplat sort 64-bit (tile, depth) keys
-    instead (gsplat limits CUB's radix sort to the bits the tile ids use); torch.sort has
-    no bit range, so fewer, narrower keys are what cut its passes here.
+    then a stable sort of the tile ids (:mod:`.tilesort`'s one-pass counting sort; torch.sort
+    where the image has more than ``tilesort.MAX_TILES`` tiles). 3DGS and gsplat sort 64-bit
+    (tile, depth) keys with CUB instead (gsplat limits the radix sort to the bits the tile ids
+    use); torch.sort has no bit range and sorts (key, int64 index) pairs.
     """
-    return _sort_by_tile(*_bin_front_to_back(means2d, radii, depths, width, height))
+    tiles, ids, _ = _bin_sort_ranges(means2d, radii, depths, width, height)
+    return tiles, ids
+
+
+def _bin_sort_ranges(means2d, radii, depths, width: int, height: int):
+    """:func:`bin_and_sort` plus the tile ranges, which the counting sort gives for free."""
+    tiles_x, tiles_y = tile_grid(width, height)
+    return _sort_by_tile(*_bin_front_to_back(means2d, radii, depths, width, height), tiles_x * tiles_y)
 
 
 def _bin_front_to_back(means2d, radii, depths, width: int, height: int):
@@ -466,8 +475,16 @@ def _bin_front_to_back(means2d, radii, depths, width: int, height: int):
     return tiles, ids
 
 
-def _sort_by_tile(tiles, ids):
-    """Stable sort of the pairs by tile: each tile's list stays front to back."""
+def _sort_by_tile(tiles, ids, n_tiles: int):
+    """Stable sort of the pairs by tile (each tile's list stays front to back): (tiles, ids, ranges)."""
+    if n_tiles <= tilesort.MAX_TILES:
+        return tilesort.counting_sort_by_tile(tiles, ids, n_tiles)
+    sorted_tiles, sorted_ids = _sort_by_tile_torch(tiles, ids)
+    return sorted_tiles, sorted_ids, tile_ranges(sorted_tiles, n_tiles)
+
+
+def _sort_by_tile_torch(tiles, ids):
+    """The same stable sort with torch.sort (CUB radix sort of (int32 key, int64 index) pairs)."""
     sorted_tiles, perm = torch.sort(tiles, stable=True)
     return sorted_tiles, ids[perm]
 

@@ -4,10 +4,11 @@
     times, counts = time_stages(gaussians, camera, backend="numba", backward=True)   # + the backward pass
 
 Stages of the path :func:`~gpulab.splat.render.render` runs: ``project`` (+ SH colour),
-``bin`` (the opacity-aware box, tile counts, depth order, scan, writing the pairs), ``sort`` (the stable tile sort and
-the gather of Gaussian ids), ``ranges``, ``raster``; ``total`` is one whole render call. For
+``bin`` (the opacity-aware box, tile counts, depth order, scan, writing the pairs), ``sort`` (the stable counting sort by
+tile, :mod:`.tilesort`), ``ranges``, ``raster``; ``total`` is one whole render call. For
 comparison, ``bin_64bit`` and ``sort_64bit`` time the classic 64-bit (tile, depth) keys of 3DGS
-(:func:`~gpulab.splat.kernels.bin_gaussians` + ``torch.sort``). With ``backward=True``:
+(:func:`~gpulab.splat.kernels.bin_gaussians` + ``torch.sort``), and ``sort_torch32`` torch.sort of the
+32-bit tile ids. With ``backward=True``:
 ``raster_backward``, ``project_backward`` and ``forward_backward`` (render + loss.backward()).
 """
 from __future__ import annotations
@@ -47,7 +48,7 @@ def stage_calls(gaussians, camera, backend: str = "auto", background=None, backw
             return s._bin_front_to_back(proj.means2d, box, proj.depths, w, h)
         return s.bin_gaussians(proj.means2d, box, proj.depths, w, h)
 
-    sort_pairs = s._sort_by_tile if numba else s.sort_keys
+    sort_pairs = (lambda t, i: s._sort_by_tile(t, i, n_tiles)[:2]) if numba else s.sort_keys
     pairs = bin_pairs()
     tiles, sids = sort_pairs(*pairs)
     ranges = s.tile_ranges(tiles, n_tiles)
@@ -66,6 +67,7 @@ def stage_calls(gaussians, camera, backend: str = "auto", background=None, backw
         calls["bin_64bit"] = lambda: s.bin_gaussians(proj.means2d, extents, proj.depths, w, h)
         square, _ = s.bin_gaussians(proj.means2d, proj.radii, proj.depths, w, h)
         calls["sort_64bit"] = lambda: s.sort_keys(keys64, ids64)
+        calls["sort_torch32"] = lambda: s._sort_by_tile_torch(*pairs)    # torch.sort of the 32-bit tile ids
     if backward:
         calls.update(_backward_calls(g, cam, background, backend, numba, params, colors, ranges, sids, proj))
     counts = {"intersections": int(len(tiles)), "visible": int((proj.radii > 0).sum()),

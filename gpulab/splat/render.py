@@ -129,9 +129,12 @@ def _bin_sort_composite(params, features, means2d, radii, depths, width, height,
     """The back half of the pipeline: (image, transmittance, sorted tile ids, Gaussian ids, ranges)."""
     if background is None:
         background = torch.zeros(features.shape[1], dtype=features.dtype, device=features.device)
-    tiles, ids = stages.bin_and_sort(means2d.detach(), radii, depths.detach(), width, height)
-    tiles_x, tiles_y = tile_grid(width, height)
-    ranges = stages.tile_ranges(tiles, tiles_x * tiles_y)
+    if stages is kernels:   # the counting sort gives the tile ranges with the order
+        tiles, ids, ranges = kernels._bin_sort_ranges(means2d.detach(), radii, depths.detach(), width, height)
+    else:
+        tiles, ids = stages.bin_and_sort(means2d.detach(), radii, depths.detach(), width, height)
+        tiles_x, tiles_y = tile_grid(width, height)
+        ranges = stages.tile_ranges(tiles, tiles_x * tiles_y)
     composite = stages.rasterize_tiles
     if stages is kernels and autograd.needs_grad(params, features, background):
         composite = autograd.rasterize_tiles          # the same kernel, plus its backward pass

@@ -471,3 +471,40 @@ def test_gpu_channels_footprint_and_repeatability():
     a, _, _ = splat.rasterize(disc, feats, disc[:, :2], radii, depths, 333, 250, footprint=DISC, backend="torch")
     b, _, _ = splat.rasterize(disc, feats, disc[:, :2], radii, depths, 333, 250, footprint=DISC, backend="numba")
     assert (a - b).abs().mean().item() < 1e-4
+
+
+@pytest.mark.parametrize("n", [1, 255, 700])
+def test_counting_sort_is_a_stable_sort_by_tile(n):
+    # chunks of 256 pairs (rounds=1), so 700 pairs cover three blocks; few tiles, many repeats
+    from gpulab.splat import tilesort
+
+    gen = torch.Generator().manual_seed(n)
+    n_tiles = 13
+    tiles = torch.randint(0, n_tiles, (n,), generator=gen, dtype=torch.int32)
+    tiles[tiles == 5] = 6                                   # an empty tile in the middle
+    ids = torch.randperm(n, generator=gen).to(torch.int32)
+    got_tiles, got_ids, ranges = tilesort.counting_sort_by_tile(tiles.to(DEV), ids.to(DEV), n_tiles, rounds=1)
+    want_tiles, perm = torch.sort(tiles, stable=True)
+    assert torch.equal(got_tiles.cpu(), want_tiles) and torch.equal(got_ids.cpu(), ids[perm])
+    assert torch.equal(ranges.cpu(), T.tile_ranges(want_tiles, n_tiles))
+    empty = tilesort.counting_sort_by_tile(tiles[:0].to(DEV), ids[:0].to(DEV), n_tiles)
+    assert len(empty[0]) == 0 and int(empty[2].abs().sum()) == 0
+    with pytest.raises(ValueError, match="tile counters"):
+        tilesort.counting_sort_by_tile(tiles.to(DEV), ids.to(DEV), tilesort.MAX_TILES + 1)
+
+
+@pytest.mark.gpu
+def test_gpu_counting_sort_matches_torch_sort_at_full_size():
+    # 5M pairs over the 8160 tiles of 1080p, skewed like a real frame (a few hot tiles)
+    from gpulab.splat import tilesort
+
+    gen = torch.Generator().manual_seed(2)
+    n_tiles = 120 * 68
+    hot = torch.randint(0, n_tiles, (64,), generator=gen)
+    tiles = torch.where(torch.rand(5_000_000, generator=gen) < 0.3, hot[torch.randint(0, 64, (5_000_000,), generator=gen)],
+                        torch.randint(0, n_tiles, (5_000_000,), generator=gen)).to(torch.int32).to(DEV)
+    ids = torch.randint(0, 1 << 30, (5_000_000,), generator=gen, dtype=torch.int32).to(DEV)
+    got_tiles, got_ids, ranges = tilesort.counting_sort_by_tile(tiles, ids, n_tiles)
+    want_tiles, perm = torch.sort(tiles, stable=True)
+    assert torch.equal(got_tiles, want_tiles) and torch.equal(got_ids, ids[perm])
+    assert torch.equal(ranges, T.tile_ranges(want_tiles, n_tiles))
