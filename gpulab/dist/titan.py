@@ -11,7 +11,7 @@ out for one process group (world size 1 on one GPU in the benchmark, N ranks els
 3. ``torch.compile`` of each block (identical blocks share one compiled graph);
 4. ``fully_shard`` of each block, then of the root, with bf16 parameters and fp32
    gradient reduction (``MixedPrecisionPolicy``);
-5. AdamW on the (sharded, fp32) parameters (fused on a GPU).
+5. AdamW on the (sharded, fp32) parameters, one parameter at a time.
 """
 from __future__ import annotations
 
@@ -27,7 +27,7 @@ from .float8 import convert_to_float8
 from .model import LLAMA3_8B, ModelConfig, Transformer, loss_fn, rope_tables
 
 __all__ = ["selective_checkpoint_policy", "SelectiveCheckpoint", "build_titan_model", "titan_step",
-           "time_steps", "init_weights_on_device", "SAVE_OPS"]
+           "time_steps", "init_weights_on_device", "empty_block", "SAVE_OPS"]
 
 
 def _save_ops():
@@ -63,17 +63,37 @@ def selective_checkpoint_policy():
 
 
 class SelectiveCheckpoint(nn.Module):
-    """A block run under selective activation checkpointing."""
+    """A block run under selective activation checkpointing. The policy is made once, when
+    the block is wrapped (as TorchTitan does): its mm counters run on, and since every
+    forward is followed by its own recompute, the two always agree on which to save."""
 
     def __init__(self, block: nn.Module):
         super().__init__()
+        from torch.utils.checkpoint import create_selective_checkpoint_contexts
+
         self.block = block
+        self.context_fn = functools.partial(create_selective_checkpoint_contexts, selective_checkpoint_policy())
 
     def forward(self, x):
-        from torch.utils.checkpoint import checkpoint, create_selective_checkpoint_contexts
+        from torch.utils.checkpoint import checkpoint
 
-        context = functools.partial(create_selective_checkpoint_contexts, selective_checkpoint_policy())
-        return checkpoint(self.block, x, use_reentrant=False, context_fn=context)
+        return checkpoint(self.block, x, use_reentrant=False, context_fn=self.context_fn)
+
+
+def empty_block(cfg: ModelConfig, device="cuda", dtype=torch.bfloat16):
+    """One transformer block of ``cfg`` built directly on ``device`` (random weights)."""
+    from .model import TransformerBlock
+
+    with torch.device("meta"):
+        block = TransformerBlock(cfg)
+    block.to_empty(device=device)
+    with torch.no_grad():
+        for name, p in block.named_parameters():
+            p.fill_(1.0) if name.endswith("norm.weight") else p.normal_(0.0, 0.02)
+        cos, sin = rope_tables(cfg.head_dim, cfg.max_seq_len, cfg.rope_theta)
+        block.attention.rope_cos.copy_(cos)
+        block.attention.rope_sin.copy_(sin)
+    return block.to(dtype)
 
 
 def init_weights_on_device(model: Transformer, std: float = 0.02, seed: int = 0) -> None:
@@ -115,10 +135,11 @@ def build_titan_model(n_layers: int, *, compile: bool = False, float8: bool = Fa
     for block in model.layers.values():
         fully_shard(block, mesh=mesh, mp_policy=policy)
     fully_shard(model, mesh=mesh, mp_policy=policy)
-    # fused: one kernel over all parameters; foreach would allocate fp32 temporaries the size
-    # of the model, which one GPU holding everything cannot spare (8 GPUs hold 1/8 each)
+    # foreach=False: parameter by parameter. The multi-tensor (foreach) version allocates fp32
+    # temporaries the size of the whole model, which one GPU holding everything cannot spare
+    # (8 GPUs hold 1/8 each); the loop works on the DTensors of fully_shard as they are.
     optimizer = torch.optim.AdamW(model.parameters(), lr=3e-4, betas=(0.9, 0.95), weight_decay=0.1,
-                                  fused=torch.device(device).type == "cuda")
+                                  foreach=False)
     return model, optimizer
 
 
