@@ -208,6 +208,21 @@ TWIN_ONLY = {
 }
 
 
+# families without a numba twin on purpose, and why (the twins' contract does not apply to them)
+ONE_SIDED_FAMILIES = {
+    "dist": "distributed training is collectives between processes and torch modules: no kernel of its own "
+            "to twin (chapter 14)",
+}
+
+
+def test_one_sided_families_say_why_and_stay_one_sided():
+    for family, why in ONE_SIDED_FAMILIES.items():
+        assert why.strip(), f"say why {family} has no numba twin"
+        assert (ROOT / "gpulab" / family / "__init__.py").exists(), f"no gpulab/{family}/"
+        assert family not in TWINS and not (ROOT / "gpulab" / family / "kernels.py").exists(), \
+            f"gpulab/{family} has a numba twin now: move it from ONE_SIDED_FAMILIES to TWINS"
+
+
 def test_every_family_with_two_twins_is_declared():
     families = {p.parent.name for p in (ROOT / "gpulab").glob("*/torch_impl.py")
                 if (p.parent / "kernels.py").exists()}
