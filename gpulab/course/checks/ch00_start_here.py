@@ -461,7 +461,9 @@ def _sum_finished_through_raw_memory(x):
 
 BRIGHTEN.planted = [
     Planted("rows and columns swapped", _brighten_swapped, "swapped"),
-    Planted("bounds check one column too far", _brighten_off_by_one, "out of bounds"),
+    # under the simulator the write raises IndexError (the tracer names thread and index), on a
+    # GPU it lands in the output's frame ("wrote outside the output"): the hint says both
+    Planted("bounds check one column too far", _brighten_off_by_one, "guard every write"),
     Planted("cap missing", _brighten_no_cap, "cap is missing"),
     Planted("cap at 0.99", _brighten_cap_099, "capped"),
     Planted("bias argument ignored", _brighten_no_bias, "bias"),
