@@ -24,6 +24,7 @@ scalars are passed as ``np.float32`` (a Python float would make numba compute in
 from __future__ import annotations
 
 import math
+import os
 
 import numpy as np
 import torch
@@ -45,6 +46,10 @@ __all__ = [
 ]
 
 BLOCK_1D = 256          # threads per block of the one-thread-per-item kernels
+# how render's numba path sorts the pairs by tile: "counting" (tilesort) or "torch" (torch.sort)
+SORT = os.environ.get("GPULAB_SPLAT_SORT", "counting")
+if SORT not in ("counting", "torch"):
+    raise ValueError(f"GPULAB_SPLAT_SORT must be 'counting' or 'torch', got {SORT!r}")
 
 _F0, _F1, _F2 = np.float32(0.0), np.float32(1.0), np.float32(2.0)
 _F3, _F4 = np.float32(3.0), np.float32(4.0)
@@ -477,7 +482,7 @@ def _bin_front_to_back(means2d, radii, depths, width: int, height: int):
 
 def _sort_by_tile(tiles, ids, n_tiles: int):
     """Stable sort of the pairs by tile (each tile's list stays front to back): (tiles, ids, ranges)."""
-    if n_tiles <= tilesort.MAX_TILES:
+    if SORT == "counting" and n_tiles <= tilesort.MAX_TILES:
         return tilesort.counting_sort_by_tile(tiles, ids, n_tiles)
     sorted_tiles, sorted_ids = _sort_by_tile_torch(tiles, ids)
     return sorted_tiles, sorted_ids, tile_ranges(sorted_tiles, n_tiles)
