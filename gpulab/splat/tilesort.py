@@ -127,7 +127,6 @@ def counting_sort_by_tile(tiles: torch.Tensor, ids: torch.Tensor, n_tiles: int, 
     if n_tiles > MAX_TILES:
         raise ValueError(f"counting_sort_by_tile holds at most {MAX_TILES} tile counters, got {n_tiles} tiles")
     n, device = tiles.shape[0], tiles.device
-    counts_per_tile = torch.zeros(n_tiles, dtype=torch.int32, device=device)
     if n == 0:
         return tiles.clone(), ids.clone(), torch.zeros(n_tiles, 2, dtype=torch.int32, device=device)
     histogram, scatter = sort_kernels_for(rounds)
@@ -142,5 +141,6 @@ def counting_sort_by_tile(tiles: torch.Tensor, ids: torch.Tensor, n_tiles: int, 
     out_tiles = torch.empty_like(tiles)
     out_ids = torch.empty_like(ids)
     scatter[blocks, BLOCK](tiles, ids, hist, starts, out_tiles, out_ids)
-    ranges = torch.stack([torch.where(counts_per_tile > 0, starts, 0), torch.where(counts_per_tile > 0, ends, 0)], 1)
+    empty = counts_per_tile == 0                          # empty tiles are (0, 0), as tile_ranges gives them
+    ranges = torch.stack([starts, ends], 1).masked_fill_(empty[:, None], 0)
     return out_tiles, out_ids, ranges
