@@ -31,7 +31,7 @@ from .model import ModelConfig, Transformer, build_model, loss_fn, synthetic_bat
 
 __all__ = ["gpipe_schedule", "one_f_one_b_schedule", "bubble_fraction", "validate_schedule", "in_flight",
            "simulate_timeline", "stage_layers", "build_stage", "run_schedule", "pipeline_by_hand",
-           "pipeline_native"]
+           "pipeline_native", "hybrid_3d"]
 
 
 def _check(stage: int, num_stages: int, num_microbatches: int) -> None:
@@ -251,3 +251,50 @@ def pipeline_native(cfg: ModelConfig, batch: int, size: int, num_microbatches: i
     for m in models:
         grads.update({n: p.grad.detach().cpu().clone() for n, p in m.named_parameters()})
     return loss, grads
+
+
+def hybrid_3d(cfg: ModelConfig, batch: int, num_microbatches: int = 2, pp: int = 2, dp: int = 1, tp_degree: int = 2,
+              seed: int = 0):
+    """A 3D step on a ``("pp", "dp", "tp")`` mesh of the pool's first ``pp * dp * tp`` ranks,
+    composed as TorchTitan composes it: each pipeline stage (the manual split) gets
+    TorchTitan's tensor-parallel plan over ``tp`` (its root entries only where the stage has
+    the module; logits replicated, so the schedule's loss is the plain one), then
+    ``fully_shard`` over ``dp``, then ``PipelineStage`` over ``pp`` with 1F1B. Each dp group
+    takes its slice of the batch. Returns ``(loss, this stage's full grads)``."""
+    import torch.distributed as dist
+    from torch.distributed.fsdp import fully_shard
+    from torch.distributed.pipelining import PipelineStage, Schedule1F1B
+    from torch.distributed.tensor.parallel import parallelize_module
+
+    from .groups import mesh_of
+    from .tp import torchtitan_plan
+
+    mesh = mesh_of((pp, dp, tp_degree), ("pp", "dp", "tp"))
+    if mesh is None:
+        return None
+    device = torch.device("cuda", torch.cuda.current_device()) if mesh.device_type == "cuda" else torch.device("cpu")
+    stage_id, d = mesh["pp"].get_local_rank(), mesh["dp"].get_local_rank()
+    tokens, labels = synthetic_batch(cfg, batch, seed=seed, device=device)
+    tokens, labels = tokens.chunk(dp)[d], labels.chunk(dp)[d]
+    stage = build_stage(cfg, stage_id, pp, device)
+    root, block_plan = torchtitan_plan(loss_parallel=False)
+    parallelize_module(stage, mesh["tp"], {k: v for k, v in root.items() if getattr(stage, k) is not None})
+    for block in stage.layers.values():
+        parallelize_module(block, mesh["tp"], block_plan)
+    for block in stage.layers.values():
+        fully_shard(block, mesh=mesh["dp"])
+    fully_shard(stage, mesh=mesh["dp"])
+    schedule = Schedule1F1B(PipelineStage(stage, stage_id, pp, device, group=mesh["pp"].get_group()),
+                            n_microbatches=num_microbatches, loss_fn=loss_fn)
+    losses: list = []
+    last = stage_id == pp - 1
+    kwargs = {"target": labels, "losses": losses} if last else {}
+    if stage_id == 0:
+        schedule.step(tokens, **kwargs)
+    else:
+        schedule.step(**kwargs)
+    loss = torch.tensor(float(sum(l.detach() for l in losses) / num_microbatches) if losses else 0.0, device=device)
+    if last and dp > 1:
+        dist.all_reduce(loss, group=mesh["dp"].get_group())
+        loss /= dp
+    return float(loss), {n: p.grad.full_tensor().cpu().clone() for n, p in stage.named_parameters()}

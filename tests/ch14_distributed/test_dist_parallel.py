@@ -119,3 +119,9 @@ def test_fsdp_times_tensor_parallel_on_a_2d_mesh_matches_one_process(pool):
     results = pool.run(tp.fsdp_tp_2d, CFG, BATCH)
     for rank, (loss, grads) in enumerate(results):
         assert_matches_one_process(loss, grads, f"2D (dp=2 x tp=2) rank {rank}", atol=5e-6)
+
+
+def test_pipeline_times_tensor_parallel_on_a_3d_mesh_matches_one_process(pool):
+    # ("pp", "dp", "tp") = (2, 1, 2) on 4 ranks: pipeline stages made tensor-parallel and sharded
+    loss, grads = merged(pool.run(pipeline.hybrid_3d, CFG, BATCH))
+    assert_matches_one_process(loss, grads, "3D (pp=2 x dp=1 x tp=2)", atol=5e-6)
