@@ -15,7 +15,8 @@ What the launcher takes care of:
 * a free TCP port on 127.0.0.1 for the rendezvous (``MASTER_ADDR``/``MASTER_PORT``);
 * the backend: ``"gloo"`` on CPU; ``"nccl"`` with one GPU per process when CUDA has at
   least N GPUs (``backend="auto"``);
-* in CPU mode, GPUs hidden from the workers (``CUDA_VISIBLE_DEVICES=""``): ``fully_shard``
+* in CPU mode, GPUs hidden from the workers (``CUDA_VISIBLE_DEVICES=""``, and
+  ``GPULAB_MODE=sim`` so gpulab does not ask for the GPU it cannot see): ``fully_shard``
   under a gloo group otherwise moves its modules to the default CUDA device;
 * ``NCCL_NVLS_ENABLE=0`` and ``TORCH_SYMM_MEM_DISABLE_MULTICAST=1``: NVLink multicast
   (NVLS) is off, as the machines this course runs on require;
@@ -35,7 +36,7 @@ import traceback
 from typing import Any, Callable
 
 __all__ = ["Workers", "RankError", "free_port", "pick_backend", "rank_env", "init_rank",
-           "world", "SAFE_ENV"]
+           "world", "SAFE_ENV", "CPU_WORKER_ENV"]
 
 #: environment every worker gets: NVLink multicast off (NVLS in NCCL, multicast in
 #: torch's symmetric memory), which the course's machines do not allow
@@ -44,6 +45,11 @@ SAFE_ENV = {"NCCL_NVLS_ENABLE": "0", "TORCH_SYMM_MEM_DISABLE_MULTICAST": "1"}
 
 class RankError(RuntimeError):
     """A function raised in a worker; the message holds the rank and its traceback."""
+
+
+#: what a CPU (gloo) worker sees from its first import on: no GPU, and gpulab's kernels on the
+#: simulator (a parent in GPU mode would otherwise make gpulab insist on a GPU it cannot see)
+CPU_WORKER_ENV = {"CUDA_VISIBLE_DEVICES": "", "GPULAB_MODE": "sim"}
 
 
 def free_port() -> int:
@@ -70,7 +76,7 @@ def rank_env(rank: int, world_size: int, port: int, backend: str) -> dict[str, s
     env = {"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port), "RANK": str(rank),
            "WORLD_SIZE": str(world_size), "LOCAL_RANK": str(rank), **SAFE_ENV}
     if backend == "gloo":
-        env["CUDA_VISIBLE_DEVICES"] = ""   # before torch is imported in the worker
+        env.update(CPU_WORKER_ENV)
     return env
 
 
@@ -151,10 +157,10 @@ class Workers:
         port = free_port()
         self._inboxes = [ctx.Queue() for _ in range(self.world_size)]
         self._outbox = ctx.Queue()
-        saved = {k: os.environ.get(k) for k in ("CUDA_VISIBLE_DEVICES",)}
+        saved = {k: os.environ.get(k) for k in CPU_WORKER_ENV}
         try:
             if self.backend == "gloo":   # the child must not see GPUs from its first import on
-                os.environ["CUDA_VISIBLE_DEVICES"] = ""
+                os.environ.update(CPU_WORKER_ENV)
             self._procs = [ctx.Process(target=_worker_main, daemon=True, name=f"gpulab-rank{r}",
                                        args=(r, self.world_size, port, self.backend, self.timeout_s,
                                              self._inboxes[r], self._outbox))

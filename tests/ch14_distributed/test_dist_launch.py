@@ -11,6 +11,7 @@ from gpulab.dist.launch import RankError, Workers
 def test_rank_env_hides_gpus_on_cpu_and_keeps_multicast_off():
     env = launch.rank_env(1, 4, 29500, "gloo")
     assert env["CUDA_VISIBLE_DEVICES"] == "" and env["RANK"] == "1" and env["WORLD_SIZE"] == "4"
+    assert env["GPULAB_MODE"] == "sim"        # a GPU-mode parent's gpulab would insist on a GPU
     assert env["NCCL_NVLS_ENABLE"] == "0" and env["TORCH_SYMM_MEM_DISABLE_MULTICAST"] == "1"
     assert "CUDA_VISIBLE_DEVICES" not in launch.rank_env(0, 2, 29500, "nccl")
     assert env["MASTER_ADDR"] == "127.0.0.1"
@@ -38,7 +39,7 @@ def test_workers_see_their_rank_and_no_gpu(pool):
     import tests_dist_helpers as H
     out = pool.run(H.worker_env)
     assert [o[:2] for o in out] == [(r, 4) for r in range(4)]
-    assert all(o[2] == "" and o[3] == "0" and o[4] is False for o in out)
+    assert all(o[2] == "" and o[3] == "0" and o[4] is False and o[5] == "sim" for o in out)
 
 
 def test_an_error_in_one_rank_names_the_rank_and_the_pool_goes_on(pool):

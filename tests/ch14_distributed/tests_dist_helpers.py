@@ -7,7 +7,7 @@ def worker_env():
     import torch
     import torch.distributed as dist
     return (dist.get_rank(), dist.get_world_size(), os.environ["CUDA_VISIBLE_DEVICES"],
-            os.environ["NCCL_NVLS_ENABLE"], torch.cuda.is_available())
+            os.environ["NCCL_NVLS_ENABLE"], torch.cuda.is_available(), os.environ["GPULAB_MODE"])
 
 
 def fail_on_rank(rank):
