@@ -58,8 +58,9 @@ class TimingSummary:
         return asdict(self)
 
     def __str__(self) -> str:
-        return (f"{self.name}: median {self.median_ms:.4g} ms (IQR {self.q1_ms:.4g}-{self.q3_ms:.4g}, "
-                f"{self.runs} runs, {self.clock})")
+        return (f"{self.name}: median {self.median_ms:.4g} ms (IQR {self.q1_ms:.4g}-{self.q3_ms:.4g}); "
+                f"mean {self.mean_ms:.4g} ± {self.std_ms:.2g} ms, min {self.min_ms:.4g}, max {self.max_ms:.4g} "
+                f"({self.runs} runs, {self.clock})")
 
 
 def kernelbench_time(fn, name: str = "fn", runs: int | None = None) -> TimingSummary:
