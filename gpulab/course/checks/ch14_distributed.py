@@ -370,7 +370,7 @@ _PLAN_HIDDEN = [(7, 3), (5, 4)]
 
 @reference
 def plan_reference(time, mem, budget, switch):
-    best, plan = G.brute_force_plan(time.numpy(), mem.numpy(), budget, switch.numpy())
+    best, plan = G.brute_force_plan(time.cpu().numpy(), mem.cpu().numpy(), budget, switch.cpu().numpy())
     return {"time": best, "plan": plan}
 
 
@@ -388,7 +388,7 @@ def _plan_caller(candidate):
 def _verify_plan(case):
     time, mem, budget, switch = case.inputs
     got, want = case.outputs[0], case.expected[0]
-    t, m, sw = time.numpy(), mem.numpy(), switch.numpy()
+    t, m, sw = time.cpu().numpy(), mem.cpu().numpy(), switch.cpu().numpy()
     if want["plan"] is None:
         if got["plan"] is None and math.isinf(got["time"]):
             return None
@@ -572,7 +572,7 @@ def _planted_dp(time, mem, budget, switch=None):
 
 
 def _greedy(time, mem, budget, switch):
-    return G.greedy_plan(time.numpy(), mem.numpy(), budget, switch.numpy())
+    return G.greedy_plan(time.cpu().numpy(), mem.cpu().numpy(), budget, switch.cpu().numpy())
 
 
 def _unconstrained(time, mem, budget, switch):
@@ -587,7 +587,7 @@ def _no_switch(time, mem, budget, switch):
     total, plan = _planted_dp(time, mem, budget)
     if plan is None:
         return total, plan
-    return G.plan_cost(time.numpy(), mem.numpy(), plan, switch.numpy())[0], plan
+    return G.plan_cost(time.cpu().numpy(), mem.cpu().numpy(), plan, switch.cpu().numpy())[0], plan
 
 
 def _time_without_switches(time, mem, budget, switch):
@@ -601,7 +601,7 @@ def _always_a_plan(time, mem, budget, switch):
     total, plan = _planted_dp(time, mem, budget, switch)
     if plan is None:     # falls back to the smallest strategies, budget or not
         plan = [int(k) for k in mem.argmin(1)]
-        total = G.plan_cost(time.numpy(), mem.numpy(), plan, switch.numpy())[0]
+        total = G.plan_cost(time.cpu().numpy(), mem.cpu().numpy(), plan, switch.cpu().numpy())[0]
     return total, plan
 
 
@@ -612,6 +612,6 @@ PLAN_LAYERS.planted = [
     Planted("switch costs ignored in the choice", _no_switch, "switch costs"),
     Planted("returned time leaves out the switches", _time_without_switches, "without the switch costs"),
     Planted("a plan even when none fits", _always_a_plan, "no plan fits"),
-    Planted("the package's own", lambda t, m, b, s: G.dp_plan(t.numpy(), m.numpy(), b, s.numpy()),
+    Planted("the package's own", lambda t, m, b, s: G.dp_plan(t.cpu().numpy(), m.cpu().numpy(), b, s.cpu().numpy()),
             "instead of computing"),
 ]
