@@ -6,10 +6,13 @@ and a loop that proposes, verifies and keeps the best.
         verdict = v.verify("relu", source)     # source text defining solve(*inputs, out)
 
 Modules: :mod:`.tasks` (the task suite), :mod:`.verifier` (+ :mod:`.worker`, the child
-process), :mod:`.timing` (KernelBench timing, fast_p), :mod:`.planted` (planted
-candidates), :mod:`.search` (offline evolutionary search), :mod:`.llm` (an
-OpenAI-compatible proposer), :mod:`.agent` (the loop and its dataset), :mod:`.transcompile`
-(numba.cuda to CPU, HPCTransCompile's idea). The graded checks of the assignment live with
+process, :mod:`.isolation`, how it is kept apart, and :mod:`.static_check`, the rules read
+from the source), :mod:`.timing` (KernelBench timing, fast_p, the verifier's timed runs),
+:mod:`.planted` (planted candidates), :mod:`.search` (offline evolutionary search),
+:mod:`.workflows` (CudaForge's Judge, CUDA-LLM's FSR, CUDA-L1's contrastive prompt,
+ConCuR's curation, as runnable stand-ins), :mod:`.llm` (an OpenAI-compatible proposer),
+:mod:`.agent` (the loop and its dataset), :mod:`.transcompile` (numba.cuda to CPU,
+HPCTransCompile's idea). The graded checks of the assignment live with
 the course (:mod:`gpulab.course.checks.ch17_kernel_agents`).
 """
 from .tasks import Task, SUITE, get_task

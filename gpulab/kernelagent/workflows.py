@@ -32,7 +32,7 @@ from .search import H200_COPY_GBPS, SPACE, Genome, baseline_genome, eager_modell
 from .tasks import get_task
 
 __all__ = ["Critique", "judge", "coder", "forge_loop", "score", "feature_search_and_reinforce",
-           "contrastive_prompt", "curate"]
+           "contrastive_prompt", "curate", "arithmetic_and_geometric_mean"]
 
 
 def score(task, genome: Genome, verdict) -> tuple[float, str]:
