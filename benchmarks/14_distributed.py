@@ -273,7 +273,8 @@ def report(data: dict, meta: dict | None = None, quick: bool = False) -> gb.Resu
                               f"{pred['full_recompute']:.0f} ms), measured {base['step_ms']:.0f} ms")
         fwd = prof["block_fwd_ms"]
         results.section("Galvatron's profile and prediction", [
-            "Block forward at micro-batch " + ", ".join(f"{k}: {v:.1f} ms" for k, v in fwd.items()) + f"; rest of the model {prof['other_fwd_ms']:.1f} ms; "
+            "Block forward at micro-batch " + ", ".join(f"{k}: {v:.1f} ms" for k, v in fwd.items())
+            + f"; rest of the model {prof['other_fwd_ms']:.1f} ms; "
             f"AdamW over {prof['n_params']:,} parameters {prof['adamw_ms']:.1f} ms.",
             f"Predicted step {pred['no_recompute']:.0f} ms without recompute, {pred['full_recompute']:.0f} ms "
             f"with a full recompute; measured {base['step_ms']:.0f} ms with selective checkpointing."])
