@@ -23,6 +23,7 @@ is a plain SiLU FFN (up and down) without noise.
 """
 from __future__ import annotations
 
+import contextlib
 import math
 
 import torch
@@ -31,7 +32,24 @@ import torch.nn.functional as F
 
 from .torch_impl import route
 
-__all__ = ["LoRA", "MixLoRAFFN", "make_multitask_data", "train"]
+__all__ = ["LoRA", "MixLoRAFFN", "make_multitask_data", "train", "one_cpu_thread"]
+
+
+@contextlib.contextmanager
+def one_cpu_thread():
+    """Run torch's CPU work on one thread inside the block (the setting is put back after).
+
+    The chapter's toy models multiply matrices of a few dozen rows: many threads gain
+    nothing there, and where several processes share a machine (a test run with one worker
+    per core, each with a thread per core) their threads' spin-waits slow each step down
+    many times over (the H200 test run of 2026-12-01: 277 s for a cell that takes 5 s alone).
+    """
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 class LoRA(nn.Module):
@@ -127,13 +145,14 @@ def train(model: nn.Module, x: torch.Tensor, y: torch.Tensor, steps: int = 150, 
         from tqdm.auto import tqdm
 
         steps_iter = tqdm(steps_iter, desc="training")
-    for _ in steps_iter:
-        idx = torch.randint(0, x.shape[0], (batch,), generator=g)
-        out = model(x[idx])
-        pred, aux = (out[0], out[1]) if isinstance(out, tuple) else (out, torch.zeros(()))
-        loss = F.mse_loss(pred, y[idx])
-        opt.zero_grad()
-        (loss + aux_coef * aux).backward()
-        opt.step()
-        history.append((loss.item(), aux.item()))
+    with one_cpu_thread():
+        for _ in steps_iter:
+            idx = torch.randint(0, x.shape[0], (batch,), generator=g)
+            out = model(x[idx])
+            pred, aux = (out[0], out[1]) if isinstance(out, tuple) else (out, torch.zeros(()))
+            loss = F.mse_loss(pred, y[idx])
+            opt.zero_grad()
+            (loss + aux_coef * aux).backward()
+            opt.step()
+            history.append((loss.item(), aux.item()))
     return history

@@ -13,6 +13,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from .mixlora import one_cpu_thread
 from .offload import RoutingTrace
 from .torch_impl import load_balancing_loss
 
@@ -97,14 +98,15 @@ def train_lm(model: TinyMoELM, steps: int = 60, batch: int = 16, length: int = 4
 
         it = tqdm(it, desc="training the tiny MoE")
     vocab = model.head.out_features
-    for _ in it:
-        tokens = topic_text(batch, length + 1, vocab=vocab, generator=g, **text_kw)
-        logits, _, aux = model(tokens[:, :-1])
-        loss = F.cross_entropy(logits.reshape(-1, vocab), tokens[:, 1:].reshape(-1))
-        opt.zero_grad()
-        (loss + aux_coef * aux).backward()
-        opt.step()
-        losses.append(loss.item())
+    with one_cpu_thread():                          # a toy model: threads only get in the way
+        for _ in it:
+            tokens = topic_text(batch, length + 1, vocab=vocab, generator=g, **text_kw)
+            logits, _, aux = model(tokens[:, :-1])
+            loss = F.cross_entropy(logits.reshape(-1, vocab), tokens[:, 1:].reshape(-1))
+            opt.zero_grad()
+            (loss + aux_coef * aux).backward()
+            opt.step()
+            losses.append(loss.item())
     return losses
 
 
