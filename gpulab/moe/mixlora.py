@@ -42,7 +42,8 @@ def one_cpu_thread():
     The chapter's toy models multiply matrices of a few dozen rows: many threads gain
     nothing there, and where several processes share a machine (a test run with one worker
     per core, each with a thread per core) their threads' spin-waits slow each step down
-    many times over (the H200 test run of 2026-12-01: 277 s for a cell that takes 5 s alone).
+    many times over (the H200 machine's test run of 2026-12-01, 14 workers: 277 s for the
+    lecture's MixLoRA cell, which takes about 5 s on a 2-core machine running it alone).
     """
     before = torch.get_num_threads()
     torch.set_num_threads(1)
