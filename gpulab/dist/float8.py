@@ -114,9 +114,10 @@ class Float8Linear(nn.Linear):
 
 
 def convert_to_float8(model: nn.Module, skip=("output",)) -> int:
-    """Swap every ``nn.Linear`` (except those named in ``skip``: TorchTitan keeps the output
-    layer in high precision) for a :class:`Float8Linear` sharing its weight; returns how
-    many were swapped."""
+    """Swap every ``nn.Linear`` (except those named in ``skip``) for a :class:`Float8Linear`
+    sharing its weight; returns how many were swapped. We keep the output projection in
+    bf16 by default (a choice of this course; TorchTitan's ``filter_fqns`` option lists the
+    modules it leaves in high precision)."""
     swapped = 0
     for name, module in list(model.named_modules()):
         for child_name, child in list(module.named_children()):

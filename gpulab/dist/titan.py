@@ -4,7 +4,7 @@ What ``torchtitan/models/llama3/infra/parallelize.py`` does to a Llama, in order
 out for one process group (world size 1 on one GPU in the benchmark, N ranks elsewhere):
 
 1. float8 (optional): every block's linear layers become :class:`~gpulab.dist.float8.Float8Linear`
-   (the output layer stays in bf16);
+   (the output projection stays in bf16 here);
 2. selective activation checkpointing, "op" mode: inside each block the outputs of the
    attention kernel are saved and those of every second matrix product; everything else
    (norms, activations, the other products) is recomputed in backward;
