@@ -30,7 +30,8 @@ __all__ = ["E4M3", "E5M2", "E4M3_MAX", "E5M2_MAX", "AMAX_EPS", "tensorwise_scale
 E4M3, E5M2 = torch.float8_e4m3fn, torch.float8_e5m2
 E4M3_MAX = torch.finfo(E4M3).max      # 448.0
 E5M2_MAX = torch.finfo(E5M2).max      # 57344.0
-#: floor on amax (torchao's EPS), so an all-zero tensor gets a finite scale
+#: floor on amax (torchao's ``EPS`` in torchao/float8/float8_utils.py), so an all-zero
+#: tensor gets a finite scale
 AMAX_EPS = 1e-12
 
 
@@ -38,8 +39,9 @@ def tensorwise_scale(x: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     """``max(dtype) / amax(x)`` as a float32 scalar tensor (amax floored at 1e-12)."""
     if dtype not in (E4M3, E5M2):
         raise ValueError(f"dtype must be torch.float8_e4m3fn or torch.float8_e5m2, got {dtype}")
-    amax = x.detach().abs().max().float().clamp(min=AMAX_EPS)
-    return torch.finfo(dtype).max / amax
+    # in float64, then float32, as torchao's amax_to_scale does (eager and compiled agree)
+    amax = x.detach().abs().max().to(torch.float64).clamp(min=AMAX_EPS)
+    return (torch.finfo(dtype).max / amax).to(torch.float32)
 
 
 def to_float8(x: torch.Tensor, dtype: torch.dtype, scale: torch.Tensor | None = None):
