@@ -189,3 +189,20 @@ def test_gpu_scaled_mm_equals_the_emulation():
     g8, sg = F8.to_float8(a, F8.E5M2)
     torch.testing.assert_close(F8.scaled_mm(g8, sg, b8, sb, out_dtype=torch.float32),
                                F8.scaled_mm_emulated(g8, sg, b8, sb), rtol=1e-3, atol=1e-3)
+
+
+@pytest.mark.gpu
+def test_gpu_titan_recipe_trains_with_float8_and_compile():
+    # the benchmark's recipe at a small size, in a one-GPU NCCL group: the loss must fall
+    import math
+
+    import tests_dist_helpers as H
+    from gpulab.dist.launch import Workers
+
+    if not F8.has_float8_matmul():
+        pytest.skip("no float8 tensor cores")
+    with Workers(1, timeout_s=240) as world:
+        for float8, compile_ in ((True, False), (True, True)):
+            losses = world.run(H.titan_smoke, float8, compile_)[0]
+            assert all(math.isfinite(x) for x in losses), losses
+            assert losses[-1] < losses[0], f"float8={float8} compile={compile_}: loss did not fall {losses}"
