@@ -528,13 +528,49 @@ def _tile_ids_hint(say: str, **mistake) -> Hint:
     return Hint(when, say)
 
 
-def _slots_unwritten(case) -> bool:
-    return case.error is None and bool(case.unwritten_only)
+def _slot_starts_ends(offsets):
+    ends = offsets.cpu().long()
+    return torch.cat([ends.new_zeros(1), ends[:-1]]), ends
 
 
-def _keys_short(case) -> bool:
-    """Some slots unwritten and others wrong: Gaussians wrote fewer keys than their counts."""
-    return case.error is None and bool(case.unwritten.any()) and not case.unwritten_only
+def _unwritten_if_skipped_by_block_64(case) -> torch.Tensor:
+    """The slots left unwritten by a kernel that computes r = blockIdx.x * 64 + threadIdx.x."""
+    order, offsets = case.inputs[0], case.inputs[3]
+    n = len(order)
+    block = tile_ids_block(n)
+    r = torch.arange(math.ceil(n / block))[:, None] * 64 + torch.arange(block)[None, :]
+    reached = torch.zeros(n, dtype=torch.bool)
+    reached[r[r < n]] = True
+    starts, ends = _slot_starts_ends(offsets)
+    mask = torch.zeros(int(ends[-1]) if n else 0, dtype=torch.bool)
+    for k in torch.nonzero(~reached).flatten().tolist():
+        mask[starts[k]:ends[k]] = True
+    return mask
+
+
+def _unwritten_if_box_end_floored(case) -> torch.Tensor:
+    """The slots left unwritten by a kernel that rounds the box's end down (floor for x1, y1)."""
+    order, means2d, radii, offsets, tiles_x, tiles_y = case.inputs
+    order, means2d, radii = order.cpu(), means2d.cpu().double(), radii.cpu().double()
+    starts, ends = _slot_starts_ends(offsets)
+    mask = torch.zeros(int(ends[-1]) if len(order) else 0, dtype=torch.bool)
+    for r, i in enumerate(order.tolist()):
+        if radii[i] <= 0:
+            continue
+        lo = [math.floor(min(max((float(means2d[i, a]) - float(radii[i])) / TILE, 0.0), g)) for a, g in ((0, tiles_x), (1, tiles_y))]
+        hi = [math.floor(min(max((float(means2d[i, a]) + float(radii[i])) / TILE, 0.0), g)) for a, g in ((0, tiles_x), (1, tiles_y))]
+        written = max(0, hi[0] - lo[0]) * max(0, hi[1] - lo[1])
+        mask[starts[r] + written:ends[r]] = True
+    return mask
+
+
+def _unwritten_like(predict):
+    def when(case):
+        mask = case.unwritten
+        if case.error is not None or mask.numel() == 0 or not mask.any():
+            return False
+        return torch.equal(mask.reshape(-1), predict(case))
+    return when
 
 
 TILE_IDS = Task(
@@ -548,12 +584,12 @@ TILE_IDS = Task(
              "offset, and a Gaussian with radius 0 is culled and writes none"),
         Hint(lambda case: isinstance(case.error, IndexError) or case.frame_touched,
              "A write past the slots: offsets is the inclusive scan, so the r-th Gaussian's keys go to "
-             "offsets[r - 1] .. offsets[r] - 1 (from 0 for r = 0); its box is clamped to the tile grid, "
-             "x1 and y1 exclusive"),
-        Hint(_slots_unwritten,
+             "offsets[r - 1] .. offsets[r] - 1 (from 0 for r = 0), a Gaussian with radius 0 is culled and "
+             "writes none, and its box is clamped to the tile grid, x1 and y1 exclusive"),
+        Hint(_unwritten_like(_unwritten_if_skipped_by_block_64),
              "Some Gaussians wrote nothing: every r = cuda.grid(1) < n takes part, whatever the block "
              "size (the check launches 32 or 64 threads per block)"),
-        Hint(_keys_short,
+        Hint(_unwritten_like(_unwritten_if_box_end_floored),
              "Gaussians wrote fewer keys than offsets gives them: the box spans tiles x0 = "
              "floor((mx - r) / 16) to x1 = ceil((mx + r) / 16), x1 exclusive (the same for y), "
              "clamped to the grid"),
