@@ -392,7 +392,10 @@ class _Worker:
                 pass
         self._reply = self._events = self.area_fd = -1
         if self.area is not None:
-            self.area.close()
+            try:
+                self.area.close()
+            except BufferError:
+                pass
             self.area = None
         if not self.log.closed:
             self.log.close()
@@ -424,7 +427,10 @@ class _Worker:
             os.ftruncate(self.area_fd, size)
             self.area_size = size
             if self.area is not None:
-                self.area.close()
+                try:
+                    self.area.close()
+                except BufferError:   # a view of it is still alive somewhere: let it go with it
+                    pass
             self.area = mmap.mmap(self.area_fd, size)
         return self.area
 

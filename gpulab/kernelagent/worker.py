@@ -292,7 +292,10 @@ class _Area:
         self.torch = torch
         if self.map is None or len(self.map) < size:
             if self.map is not None:
-                self.map.close()
+                try:
+                    self.map.close()
+                except BufferError:     # a view is still alive: it goes when that view does
+                    pass
             self.map = mmap.mmap(self.fd, max(size, 1))
 
     def view(self, slot: dict):

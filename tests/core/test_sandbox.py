@@ -99,7 +99,9 @@ _GRADED_VERIFIER = textwrap.dedent('''
         axpy_kernel[math.ceil(out.numel() / 32), 32](x, y, out)
     """
     PEEK = "SECRET = open(%r).read()\\n" % sys.argv[2] + GOOD
-    with Verifier(seed=3) as verifier:
+    # the static checker would refuse open() before the worker runs it: off, so that the
+    # worker's own guard is what is tested
+    with Verifier(seed=3, static_check=False) as verifier:
         good, peek = verifier.verify("axpy", GOOD), verifier.verify("axpy", PEEK)
     print(json.dumps({"good": good.status, "peek": peek.status, "peek_message": peek.message}))
 ''')
