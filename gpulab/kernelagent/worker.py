@@ -666,6 +666,10 @@ def _zygote(sock_fd: int) -> None:
                 return
 
     signal.signal(signal.SIGCHLD, reap)
+    # everything loaded so far is the zygote's for good: a worker's collections skip it (and
+    # so do not touch, and copy, every page it shares with the zygote)
+    gc.collect()
+    gc.freeze()
     sock.sendall(b'{"zygote": true}\n')
     while True:
         try:
