@@ -36,7 +36,7 @@ import time
 from dataclasses import dataclass
 
 __all__ = ["Isolation", "detect", "enter_namespace", "drop_privileges", "descendants",
-           "kill_tree", "processes_in_namespace", "namespace_of", "make_undumpable",
+           "kill_tree", "processes_in_namespace", "namespace_of", "make_undumpable", "make_dumpable",
            "ISOLATED_UID_BASE"]
 
 # prctl options (linux/prctl.h)
@@ -102,6 +102,11 @@ def detect() -> Isolation:
 def make_undumpable() -> None:
     """This process (the parent) refuses ptrace and /proc/<pid>/mem to its own user too."""
     _prctl(PR_SET_DUMPABLE, 0)
+
+
+def make_dumpable() -> None:
+    """Undo :func:`make_undumpable` in a child that has nothing to hide (a fork inherits it)."""
+    _prctl(PR_SET_DUMPABLE, 1)
 
 
 # ---------------------------------------------------------------- worker side

@@ -603,6 +603,8 @@ def _serve(request: dict, fds: list[int]) -> None:
     from . import isolation
 
     _STARTED.append(time.perf_counter())
+    if os.geteuid() != 0:
+        isolation.make_dumpable()     # the zygote is not; its workers need not hide
     stdin_r, reply_w, events_w, area_fd, log_fd = fds
     os.dup2(stdin_r, 0)
     os.dup2(log_fd, 1)
@@ -640,6 +642,9 @@ def _zygote(sock_fd: int) -> None:
     import socket
 
     sock = socket.socket(fileno=sock_fd)
+    from . import isolation
+    if os.geteuid() != 0:
+        isolation.make_undumpable()   # same user as its workers: they may not read it either
     os.environ.setdefault("GPULAB_QUIET", "1")
     import gpulab
     import gpulab.harness  # noqa: F401
@@ -648,7 +653,7 @@ def _zygote(sock_fd: int) -> None:
     import torch.utils._python_dispatch  # noqa: F401
     from numba import cuda  # noqa: F401
 
-    from . import isolation, tasks, timing  # noqa: F401
+    from . import tasks, timing  # noqa: F401
     if gpulab.SIMULATOR:
         _warm_up()
     # the first torch dispatch mode imports much of torch (seconds): once, here, on the CPU
