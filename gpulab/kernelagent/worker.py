@@ -17,7 +17,9 @@ Channels, all made by the parent:
   the outputs back and compares them itself, value by value.
 
 What the child does *not* have is the point: the expected outputs, and (until it needs
-it) the seed of the timed runs' inputs. Requests come in order: ``load`` (the candidate's
+it) the seed of the timed runs' inputs. That seed comes in the ``time`` request, not in
+the environment: ``os.unsetenv`` does not clear ``/proc/self/environ``, which keeps the
+environment the process was started with. Requests come in order: ``load`` (the candidate's
 module runs, with no inputs anywhere in the process yet), ``run`` (the checked cases),
 ``time`` (fresh inputs drawn here from a seed sent only now), ``end`` (the candidate is
 forgotten; the parent then counts the processes left).
