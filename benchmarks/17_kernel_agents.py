@@ -180,6 +180,17 @@ def measure(quick: bool, verdicts_only: bool = False, previous: dict | None = No
             "search_from": search_from, "total_seconds": time.perf_counter() - start}
 
 
+def _planted_table(planted: list[dict]) -> dict:
+    if planted and "layer" not in planted[0]:     # results recorded before 2026-12-01
+        return {"columns": ["candidate", "task", "verdict", "flags", "s"],
+                "rows": [[r["name"], r["task"], r["status"], ", ".join(r["flags"]), f"{r['seconds']:.2f}"]
+                         for r in planted]}
+    return {"columns": ["candidate", "group", "layer", "task", "verdict", "flags", "s", "overhead s"],
+            "rows": [[r["name"], r["group"], r["layer"], r["task"], r["status"], ", ".join(r["flags"]),
+                      f"{r['seconds']:.2f}", "" if r.get("overhead_s") is None else f"{r['overhead_s']:.2f}"]
+                     for r in planted]}
+
+
 def report(data: dict, meta: dict | None = None, quick: bool = False) -> gb.Results:
     """The results of one run, from its measurements (also used to convert older files)."""
     planted, bad, over, searched = data["planted"], data["planted_misclassified"], data["overhead"], data["search"]
@@ -204,11 +215,7 @@ def report(data: dict, meta: dict | None = None, quick: bool = False) -> gb.Resu
         "Planted candidates",
         [f"Measured ceilings {peaks['copy_gbps']:.0f} GB/s copy, {peaks['fp32_gflops']:.0f} GFLOP/s FP32.",
          f"{ok}/{len(planted)} classified as planted" + (f"; WRONG: {', '.join(bad)}" if bad else ".")],
-        table={"columns": ["candidate", "group", "layer", "task", "verdict", "flags", "s", "overhead s"],
-               "rows": [[r["name"], r.get("group", ""), r.get("layer", "full"), r["task"], r["status"],
-                         ", ".join(r["flags"]), f"{r['seconds']:.2f}",
-                         "" if r.get("overhead_s") is None else f"{r['overhead_s']:.2f}"]
-                        for r in planted]})
+        table=_planted_table(planted))
     if "worker_restart_s" in over:
         results.section("Verifier overhead per candidate", [
             f"- isolation: {over['isolation']}\n"
@@ -221,11 +228,15 @@ def report(data: dict, meta: dict | None = None, quick: bool = False) -> gb.Resu
             f"({over['overhead_timed_s_median']:.2f} s outside them; 2 warm-up + 10 timed runs, each on fresh "
             "inputs and checked in the parent, L2 flushed; the reference timed in the parent)\n"
             f"- a candidate that skips work on repeated calls: flags {over['skips_work_flags']}"])
-    else:
+    else:   # results recorded before 2026-12-01
         results.section("Verifier overhead per candidate", [
             f"- worker start (imports torch, numba, gpulab): {over['worker_startup_s']:.2f} s\n"
-            f"- later verifications: {over['verify_s_median']:.2f} s untimed, {over['verify_timed_s_median']:.2f} s "
-            "with KernelBench timing (3 warm-up, 100 runs, L2 flushed)"])
+            f"- first verification (relu, 5 seeds x 2 runs + 1 perturbation, compile included): "
+            f"{over['first_verify_s']:.2f} s\n"
+            f"- later verifications: {over['verify_s_median']:.2f} s untimed, {over['verify_timed_s_median']:.2f} s with "
+            "KernelBench timing (3 warm-up, 100 runs, L2 flushed)\n"
+            f"- a candidate that skips work on repeated calls: flags {over['skips_work_flags']}, "
+            f"apparent speedup {over['skips_work_speedup']}"])
     rounds = plan["rounds"]
     table = []
     for name, r in searched.items():
@@ -254,9 +265,7 @@ def main(argv=None):
     previous = None
     recorded = gb.RESULTS_DIR / f"{STEM}.json"
     if verdicts_only and recorded.exists():
-        import json
-
-        previous = json.loads(recorded.read_text())
+        previous = gb.load(recorded)
     data = measure(args.quick, verdicts_only, previous)
     report(data, quick=args.quick).write(args.out)
     if data["planted_misclassified"]:
