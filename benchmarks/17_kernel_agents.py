@@ -209,8 +209,10 @@ def report(data: dict, meta: dict | None = None, quick: bool = False) -> gb.Resu
                          f"{over['worker_startup_s']:.1f} s once")
     for name, r in searched.items():
         if r["best_candidate_ms"] and r["torch_eager_ms"]:
+            note = ("timed by the verifier in this run" if not data.get("search_from") else
+                    f"timed by the verifier of {data['search_from']} (kept, not re-run)")
             results.headline(f"search, best verified kernel for {name} (ms)", r["best_candidate_ms"], "torch eager",
-                             r["torch_eager_ms"], goal=1.0, unit="ms", note="timed by the verifier in this run")
+                             r["torch_eager_ms"], goal=1.0, unit="ms", note=note)
     results.section(
         "Planted candidates",
         [f"Measured ceilings {peaks['copy_gbps']:.0f} GB/s copy, {peaks['fp32_gflops']:.0f} GFLOP/s FP32.",
