@@ -15,8 +15,10 @@ candidate runs), so patching ``torch.cuda.Event`` fakes nothing.
 
 Its metric ``fast_p`` is the fraction of tasks whose candidate is *correct and* faster
 than the baseline by more than ``p`` (``fast_0`` is the correctness rate, ``fast_1``
-"correct and faster than torch"). The geometric mean of the speedups is the usual
-summary of how much faster (CUDA-L1 and CudaForge report it against torch eager).
+"correct and faster than torch"). The geometric mean of the speedups summarises how much
+faster in a way no single outlier can carry; an arithmetic mean of ratios is pulled up by
+one huge speedup (CUDA-L1's first version reported an arithmetic mean of 17.7x; its
+current version adds the median, 1.42x).
 
 A measured time below what the hardware can do is not a fast kernel: it is a measurement
 that was fooled (work on another stream, a cached answer, a skipped computation).
