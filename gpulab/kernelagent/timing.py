@@ -158,7 +158,7 @@ def fast_p(results, p: float = 1.0) -> float:
 
 
 def geometric_mean_speedup(speedups) -> float:
-    """Geometric mean of positive speedups (the summary CUDA-L1 and CudaForge report)."""
+    """Geometric mean of positive speedups (a summary no single outlier can carry)."""
     speedups = [float(s) for s in speedups]
     if not speedups:
         raise ValueError("no speedups to average")
