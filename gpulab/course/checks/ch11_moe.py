@@ -733,11 +733,10 @@ def _k_tail_dropped(a, w, offsets, tile_group, tile_row_start):
 PERSISTENT_GEMM = Task(
     chapter="11", number=4, title="a persistent grouped GEMM: blocks pull tiles from a queue", kind=KERNEL,
     reference=persistent_gemm_reference, make_inputs=_persistent_inputs,
-    # (rows per expert, K, N): 13 rows end mid-tile, so does the last expert (an unguarded
-    # row runs past the end); an empty expert; K = 9, N = 7 end mid-tile too. The grid has
-    # 2 or 3 blocks under the simulator for 8 to 28 tasks
-    # ((3, 0, 6, 5), 6, 5) goes first: its full tiles tell the mistakes apart (one element
-    # of a 1 x 1 output cannot)
+    # (rows per expert, K, N): experts whose rows end mid-tile, the last one too (an
+    # unguarded row runs past the end); empty experts; K and N that end mid-tile. Under the
+    # simulator the grid has 2 or 3 blocks for up to 22 tasks. ((3, 0, 6, 5), 6, 5), 14
+    # tasks, goes first: its full tiles tell the mistakes apart (a 1 x 1 output cannot)
     sizes=Sizes(sim=[((3, 0, 6, 5), 6, 5), ((1,), 1, 1), ((9, 4, 0, 13, 1), 9, 7), ((17,), 5, 3)],
                 hidden=[((5, 7, 3), 7, 9), ((2, 0, 0, 11), 3, 6)],
                 gpu=[((1000, 0, 2049, 777, 300, 1, 512, 1023), 257, 129)]),
