@@ -164,17 +164,25 @@ def test_backward_errors_are_clear():
 @pytest.mark.gpu
 def test_gpu_gradients_match_autograd_at_moderate_size():
     # thousands of Gaussians over 300 tiles: warps share Gaussians, so the shuffle sums and
-    # atomics are exercised as they are at full size
+    # atomics are exercised as they are at full size. float32 sums over many pixels cancel
+    # (a scale's gradient gathers signed terms from every pixel it covers), so the bar is the
+    # torch path's own float32 error against float64, not a fixed fraction
     scene = splat.random_gaussians(3000, torch.Generator().manual_seed(5), sh_degree=1)
     cam = splat.benchmark_camera(321, 239)
     bg = torch.tensor([0.3, 0.1, 0.2], device=DEV)
     ref_out, ref = scene_gradients(scene, cam, bg, "torch", torch.float64)
+    _, ref32 = scene_gradients(scene, cam, bg, "torch", torch.float32)
     out, ours = scene_gradients(scene, cam, bg, "numba", torch.float32)
     # float32 and float64 may round a radius differently for a rare Gaussian (the box is lossless:
     # a tile more or less only holds pixels below alpha 1/255), so no exact structure here
     assert (out.projection.radii != ref_out.projection.radii).float().mean().item() < 1e-3
     assert B.WARP_REDUCE
-    assert_gradients_close(ours, ref, rtol=1e-3)
+    for name, want in ref.items():
+        scale = want.abs().max().item()
+        err = (ours[name].double() - want).abs().max().item() / scale
+        err32 = (ref32[name].double() - want).abs().max().item() / scale
+        print(f"{name}: numba {err:.1e}, torch float32 {err32:.1e} (relative to the largest gradient)")
+        assert err <= max(1e-3, 4 * err32), f"{name}: numba {err:.2e} vs torch float32 {err32:.2e}"
 
 
 @pytest.mark.gpu
