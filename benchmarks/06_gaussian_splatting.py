@@ -98,16 +98,21 @@ def check_gradients(n: int = 5_000, width: int = 480, height: int = 270) -> dict
     cam = splat.benchmark_camera(width, height)
     w = torch.randn(height, width, 3, generator=torch.Generator().manual_seed(12)).cuda()
     grads = {}
-    for backend, dtype in (("torch", torch.float64), ("numba", torch.float32)):
+    for backend, dtype in (("torch", torch.float64), ("torch32", torch.float32), ("numba", torch.float32)):
         scene, feats, leaves = trainable_copy(splat.Gaussians(*(getattr(g, f).to(dtype) for f in
                                                                ("means", "quats", "scales", "opacities", "sh"))))
-        out = splat.render(scene, cam.to("cuda"), backend=backend, features=feats)
+        out = splat.render(scene, cam.to("cuda"), backend=backend.removesuffix("32"), features=feats)
         (out.image * w.to(dtype)).sum().backward()
         grads[backend] = [t.grad for t in leaves]
     names = ("means", "quats", "scales", "opacities", "colors")
-    rel = {name: (a.double() - b).abs().max().item() / max(b.abs().max().item(), 1e-12)
-           for name, a, b in zip(names, grads["numba"], grads["torch"])}
-    result = {"gaussians": n, "size": f"{width}x{height}", "max_rel_err": {k: float(f"{v:.3g}") for k, v in rel.items()}}
+
+    def rel_err(path):
+        return {name: (a.double() - b).abs().max().item() / max(b.abs().max().item(), 1e-12)
+                for name, a, b in zip(names, grads[path], grads["torch"])}
+
+    rel, rel32 = rel_err("numba"), rel_err("torch32")
+    result = {"gaussians": n, "size": f"{width}x{height}", "max_rel_err": {k: float(f"{v:.3g}") for k, v in rel.items()},
+              "torch_float32_max_rel_err": {k: float(f"{v:.3g}") for k, v in rel32.items()}}
     assert max(rel.values()) < 1e-2, result
     return result
 
@@ -345,7 +350,10 @@ def report(data: dict, meta: dict | None = None, quick: bool = False) -> gb.Resu
                "ranges identical."]
         + ([f"Gradients ({grads['gaussians']:,} Gaussians at {grads['size']}, numba float32 vs torch autograd of "
             "the torch path in float64), largest error relative to the largest gradient: "
-            + ", ".join(f"{k} {v:.1e}" for k, v in grads["max_rel_err"].items()) + "."] if grads else [])
+            + ", ".join(f"{k} {v:.1e}" for k, v in grads["max_rel_err"].items())
+            + ("; the torch path's own float32 error: " + ", ".join(
+                f"{k} {v:.1e}" for k, v in grads["torch_float32_max_rel_err"].items())
+               if "torch_float32_max_rel_err" in grads else "") + "."] if grads else [])
         + ([f"The gradient check failed in this run: {correctness['gradients_error']}"]
            if correctness.get("gradients_error") else []))
     stage_cols = [*STAGES, "total"] + (["fwd+bwd"] if has_backward else [])
