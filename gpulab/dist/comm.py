@@ -12,7 +12,10 @@ Every by-hand parallelism in this package talks to its peers through a ``Comm``:
 ``ThreadWorld`` runs N ranks as threads of one process, which costs nothing to start: the
 lecture and the graded checks use it, and it reports a deadlock (every rank waiting on
 something no rank will ever do) at once, naming what each rank waits for, where a real
-process group would hang until its timeout.
+process group would hang until its timeout. Its ranks keep their tensors on the CPU:
+autograd runs the backward pass of CUDA tensors on one engine thread per device, which
+would run the ranks' backward passes one after the other, so a collective inside them
+would wait forever for the next rank.
 
 The autograd-aware operators of tensor parallelism (Megatron-LM's ``f`` and ``g``,
 arXiv 1909.08053, section 3) are built on any ``Comm``:

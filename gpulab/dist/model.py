@@ -197,7 +197,8 @@ def synthetic_batch(cfg: ModelConfig, batch: int, seq_len: int | None = None, se
         raise ValueError(f"batch must be positive, got {batch}")
     gen = torch.Generator().manual_seed(seed)
     stream = torch.randint(0, cfg.vocab_size, (batch, seq_len + 1), generator=gen)
-    return stream[:, :-1].to(device), stream[:, 1:].to(device)
+    # contiguous copies: torch.distributed.pipelining checks the strides of stage inputs
+    return stream[:, :-1].contiguous().to(device), stream[:, 1:].contiguous().to(device)
 
 
 def loss_fn(logits, labels):

@@ -63,21 +63,21 @@ def selective_checkpoint_policy():
 
 
 class SelectiveCheckpoint(nn.Module):
-    """A block run under selective activation checkpointing. The policy is made once, when
-    the block is wrapped (as TorchTitan does): its mm counters run on, and since every
-    forward is followed by its own recompute, the two always agree on which to save."""
+    """A block run under selective activation checkpointing, with a fresh policy (fresh mm
+    counters) for every forward. A policy kept across steps goes wrong: the recompute stops
+    early once it has what backward needs (``torch.utils.checkpoint``'s early stop), so it
+    counts fewer products than the forward did, and from the next step on the two disagree
+    on which product is saved."""
 
     def __init__(self, block: nn.Module):
         super().__init__()
-        from torch.utils.checkpoint import create_selective_checkpoint_contexts
-
         self.block = block
-        self.context_fn = functools.partial(create_selective_checkpoint_contexts, selective_checkpoint_policy())
 
     def forward(self, x):
-        from torch.utils.checkpoint import checkpoint
+        from torch.utils.checkpoint import checkpoint, create_selective_checkpoint_contexts
 
-        return checkpoint(self.block, x, use_reentrant=False, context_fn=self.context_fn)
+        context = functools.partial(create_selective_checkpoint_contexts, selective_checkpoint_policy())
+        return checkpoint(self.block, x, use_reentrant=False, context_fn=context)
 
 
 def empty_block(cfg: ModelConfig, device="cuda", dtype=torch.bfloat16):

@@ -210,15 +210,19 @@ def _tp_inputs(size, gen):
 
 @reference
 def tp_mlp_reference(x, w1, w3, w2, upstream, world):
-    """One process, float64: output, input gradient, weight gradients (stacked per part)."""
-    x, w1, w3, w2 = (t.double().requires_grad_() for t in (x, w1, w3, w2))
+    """One process, float64, on the CPU: output, input gradient, weight gradients."""
+    x, w1, w3, w2 = (t.detach().cpu().double().requires_grad_() for t in (x, w1, w3, w2))
     y = F.linear(F.silu(F.linear(x, w1)) * F.linear(x, w3), w2)
-    y.backward(upstream.double())
+    y.backward(upstream.cpu().double())
     return {"y": y.detach(), "dx": x.grad, "dw1": w1.grad, "dw3": w3.grad, "dw2": w2.grad}
 
 
 def _tp_runner(candidate):
     def run(x, w1, w3, w2, upstream, world):
+        # the thread ranks work on the CPU (on a GPU the engine hands the inputs over on the
+        # device; autograd would run the ranks' CUDA backward passes on one thread, in turn)
+        x, w1, w3, w2, upstream = (t.cpu() for t in (x, w1, w3, w2, upstream))
+
         def rank(comm):
             r, n = comm.rank, comm.world_size
             xr = x.detach().clone().requires_grad_()
@@ -275,7 +279,7 @@ def _verify_tp(case):
     n, ranks = out["world"], out["ranks"]
     at = f"at world size {n}"
     ffn = want["dw1"].shape[0]
-    hidden_bytes = case.inputs[0].shape[0] * (ffn // n) * 4
+    hidden_bytes = case.inputs[0].shape[0] * (ffn // n) * 4     # one rank's column-layer output
     reduces = [b for r, op, b in out["log"] if r == 0 and op == "all_reduce"]   # bytes of each
     y0 = ranks[0][0]
     if not _close(y0, want["y"]):
@@ -286,7 +290,7 @@ def _verify_tp(case):
         if n > 1 and _close(y0 * n, want["y"]):
             return (f"the output is 1/{n} of the right one {at}: tensor parallelism SUMS the ranks' partial "
                     "products (an all-reduce), it does not average them")
-        x, w1, w3, w2 = (t.double() for t in case.inputs[:4])
+        x, w1, w3, w2 = (t.cpu().double() for t in case.inputs[:4])
         partial0 = (F.silu(x @ w1.chunk(n, 0)[0].t()) * (x @ w3.chunk(n, 0)[0].t())) @ w2.chunk(n, 1)[0].t()
         if n > 1 and _close(y0, partial0):
             return (f"the output is wrong {at} (right only at world size 1): each rank's w2 product is a "
