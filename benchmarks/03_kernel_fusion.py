@@ -236,16 +236,13 @@ class InductorKernels:
                  "@%p")) and "ld.global" in line]
         per_thread = sum(4 if ".v4" in line else 2 if ".v2" in line else 1 for line in loads) or 1
         result = {"kernel": os.path.basename(ptx_file), "per_thread": per_thread}
-        blocks = isa.basic_blocks(ptx)
-        lines = [line for _, block in blocks for line in block]
-        result["ptx_per_element"] = round(len(lines) / per_thread, 2)
+        # the same count as gpulab's kernels get: the path with the most loads (isa.hot_path)
+        result["ptx_per_element"] = round(len(isa.hot_path(ptx)) / per_thread, 2)
         cubin = ptx_file[:-4] + ".cubin"
         tool = shutil.which("cuobjdump")
         if tool and os.path.exists(cubin):
             sass = subprocess.run([tool, "-sass", cubin], capture_output=True, text=True, timeout=30).stdout
-            body = [line for _, block in isa.basic_blocks(sass) for line in block]
-            exits = [k for k, line in enumerate(body) if "EXIT" in line.split()[:2]]   # then padding
-            body = [line for line in body[:exits[-1] + 1 if exits else len(body)] if not line.startswith("NOP")]
+            body = isa.hot_path(sass)
             classes = isa.classify(body)
             result["sass_per_element"] = round(len(body) / per_thread, 2)
             result["classes"] = {c: round(classes.get(c, 0) / per_thread, 2) for c in isa.CLASSES}

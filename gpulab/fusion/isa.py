@@ -9,12 +9,12 @@ correctly rounded reciprocal ``rcp.rn.f32`` is one PTX line and several SASS one
 
 The steady state of a vertically fused kernel is its *full tile*: the branch where a thread
 loads its ``per_thread`` pixels, transforms and stores them without bounds checks. It is the
-longest straight run of instructions in the kernel (a basic block), so::
+path through the kernel that makes the most loads (:func:`hot_path`), so::
 
-    per pixel = (entry block + full-tile block) / per_thread
+    per pixel = (instructions on that path) / per_thread
 
-(the entry block, parameter and geometry loads and the index arithmetic, runs once per
-thread per tile). :func:`classify` sorts the instructions into memory, FP32 arithmetic,
+(the path includes the parameter and geometry loads and the index arithmetic, which run
+once per thread and tile). :func:`classify` sorts the instructions into memory, FP32 arithmetic,
 special-function unit (``ex2``, ``rcp``: 16 lanes per SM and cycle on Hopper against 128
 for FP32), integer/address arithmetic, control and moves, which is where
 :func:`instruction_counts` says the time goes.
@@ -31,7 +31,7 @@ import torch
 
 from .. import runtime
 
-__all__ = ["basic_blocks", "classify", "steady_state", "instruction_counts", "CLASSES"]
+__all__ = ["basic_blocks", "classify", "hot_path", "steady_state", "instruction_counts", "CLASSES"]
 
 CLASSES = ("memory", "fp32", "sfu", "integer", "control", "move", "other")
 
@@ -77,7 +77,7 @@ def _sass_blocks(sass: str) -> list[tuple[str, list[str]]]:
     blocks, current, label = [], [], "entry"
     for line in sass.splitlines():
         stripped = line.strip()
-        if re.match(r"^\.L[\w$]*:", stripped):
+        if re.match(r"^[.$\w][\w.$]*:$", stripped):      # a label: .L_x_3:, a function's name
             blocks.append((label, current))
             current, label = [], stripped.split(":")[0]
             continue
@@ -128,17 +128,91 @@ def _class_of(op: str) -> str:
     return "integer"
 
 
+_SASS_TARGET = re.compile(r"`\((\.L[\w$]*)\)")
+
+
+def _branch(line: str) -> tuple[str | None, bool, bool]:
+    """``(target, conditional, ends)`` of a branch or exit instruction: ``target`` the label it
+    may jump to (None for an exit), ``conditional`` whether it may also fall through;
+    ``ends``: whether the line ends a path or a straight run at all."""
+    predicated = line.startswith("@")
+    op = _opcode(line)
+    base = op.split(".")[0]
+    if base in ("BRA", "bra"):
+        m = _SASS_TARGET.search(line)
+        target = m.group(1) if m else line.split()[-1].rstrip(";")
+        return target, predicated, True
+    if base in ("EXIT", "ret", "exit"):
+        return None, predicated, True
+    return None, True, False
+
+
+def _straight_runs(blocks):
+    """Split basic blocks further after every branch and exit: (label, lines, edges, exits)."""
+    runs = []
+    for label, lines in blocks:
+        start, part = 0, 0
+        for k, line in enumerate(lines + [None]):
+            if line is not None and not _branch(line)[2]:
+                continue
+            body = lines[start:k + 1] if line is not None else lines[start:]
+            if body or line is None:
+                target, conditional, _ = _branch(line) if line is not None else (None, True, False)
+                runs.append({"label": label if part == 0 else f"{label}+{part}", "lines": body,
+                             "target": target, "falls": line is None or conditional,
+                             "exits": line is not None and target is None})
+            start, part = k + 1, part + 1
+    return runs
+
+
+def hot_path(asm: str) -> list[str]:
+    """The instructions of the steady state: the path from the kernel's entry to an exit that
+    makes the most global loads (the full tile: all of a thread's pixels; a partial tile
+    makes fewer) and, among those, the fewest instructions (it skips the rarely taken slow
+    paths, e.g. of a correctly rounded reciprocal's special cases). Backward branches (a
+    grid-stride loop) are not followed: one turn of the loop is counted."""
+    runs = _straight_runs(basic_blocks(asm))
+    at = {r["label"]: i for i, r in enumerate(runs)}
+    loads = [sum(1 for line in r["lines"] if _is_global_load(line)) for r in runs]
+    best: list = [None] * len(runs)        # (loads, -instructions, previous run) of the best path to run i
+    best[0] = (loads[0], -len(runs[0]["lines"]), None)
+    finish = None
+    for i, r in enumerate(runs):
+        if best[i] is None:
+            continue
+        nexts = []
+        if r["target"] is not None and at.get(r["target"], -1) > i:
+            nexts.append(at[r["target"]])
+        if r["falls"] and not r["exits"] and i + 1 < len(runs):
+            nexts.append(i + 1)
+        if r["exits"] or (r["falls"] and i + 1 == len(runs)):
+            if finish is None or best[i][:2] > best[finish][:2]:
+                finish = i
+        for j in nexts:
+            cand = (best[i][0] + loads[j], best[i][1] - len(runs[j]["lines"]), i)
+            if best[j] is None or cand[:2] > best[j][:2]:
+                best[j] = cand
+    path, i = [], finish if finish is not None else 0
+    while i is not None:
+        path.append(i)
+        i = best[i][2]
+    return [line for i in reversed(path) for line in runs[i]["lines"]]
+
+
+def _is_global_load(line: str) -> bool:
+    op = _opcode(line)
+    return op.startswith("LDG") or op.startswith("ld.global")
+
+
 def steady_state(asm: str, per_thread: int) -> dict:
-    """Instructions per pixel of the full-tile path: (entry + longest block) / per_thread."""
-    blocks = basic_blocks(asm)
-    entry = blocks[0][1]
-    label, full = max(blocks[1:] or blocks, key=lambda b: len(b[1]))
-    path = full if label == "entry" else entry + full
+    """Instructions per pixel of the full-tile path (:func:`hot_path`) over ``per_thread``,
+    in all and by class."""
+    path = hot_path(asm)
     classes = classify(path)
-    total = sum(len(b) for _, b in blocks)
+    total = sum(len(b) for _, b in basic_blocks(asm))
     return {"per_pixel": round(len(path) / per_thread, 2),
             "classes": {c: round(classes.get(c, 0) / per_thread, 2) for c in CLASSES},
-            "entry": len(entry), "full_tile": len(full), "kernel_total": total, "per_thread": per_thread}
+            "path": len(path), "kernel_total": total, "per_thread": per_thread}
 
 
 def instruction_counts(pipe, in_dtype: torch.dtype = torch.float32, isa: str = "sass") -> dict:

@@ -136,32 +136,58 @@ SASS = """
                                                                            /* 0x000fe20000000800 */
         /*0010*/                   S2R R0, SR_TID.X ;
         /*0020*/                   ISETP.GE.U32.AND P0, PT, R0, 0x100, PT ;
-        /*0030*/               @P0 BRA `(.L_x_0) ;
-        /*0040*/                   LDG.E R2, desc[UR4][R2.64] ;
-        /*0050*/                   FFMA R4, R2, R5, R6 ;
-        /*0060*/                   MUFU.EX2 R4, R4 ;
-        /*0070*/                   STG.E desc[UR4][R2.64], R4 ;
-.L_x_0:
-        /*0080*/                   EXIT ;
+        /*0030*/               @P0 BRA `(.L_x_1) ;
+        /*0040*/                   LDG.E R2, desc[UR4][R8.64] ;
+        /*0050*/                   LDG.E R3, desc[UR4][R8.64+0x400] ;
+        /*0060*/                   FFMA R4, R2, R5, R6 ;
+        /*0070*/                   FFMA R7, R3, R5, R6 ;
+        /*0080*/                   MUFU.RCP R10, R4 ;
+        /*0090*/                   BSSY B0, `(.L_x_2) ;
+        /*00a0*/                   FFMA R11, R4, R10, -1 ;
+        /*00b0*/              @!P1 BRA `(.L_x_2) ;
+        /*00c0*/                   MOV R20, 0xe0 ;
+        /*00d0*/                   CALL.REL.NOINC `($__internal_0_$__cuda_sm3x_div_rn_noftz_f32_slowpath) ;
+.L_x_2:
+        /*00e0*/                   BSYNC B0 ;
+        /*00f0*/                   STG.E desc[UR4][R12.64], R10 ;
+        /*0100*/                   STG.E desc[UR4][R12.64+0x400], R7 ;
+        /*0110*/                   EXIT ;
+.L_x_1:
+        /*0120*/                   ISETP.GE.U32.AND P2, PT, R0, 0x200, PT ;
+        /*0130*/               @P2 EXIT ;
+        /*0140*/                   LDG.E R2, desc[UR4][R8.64] ;
+        /*0150*/                   FFMA R4, R2, R5, R6 ;
+        /*0160*/                   STG.E desc[UR4][R12.64], R4 ;
+        /*0170*/                   EXIT ;
+.L_x_3:
+        /*0180*/                   BRA `(.L_x_3) ;
+$__internal_0_$__cuda_sm3x_div_rn_noftz_f32_slowpath:
+        /*0190*/                   FFMA R10, R4, R10, R11 ;
+        /*01a0*/                   RET.REL.NODEC R20 `(fused) ;
 """
 
 
-def test_ptx_steady_state_counts_the_full_tile_path():
+def test_ptx_hot_path_is_the_full_tile():
     counts = isa.steady_state(PTX, per_thread=2)
-    # entry: cvta, mov, setp, bra, bra (ld.param is an argument, a move); full tile: 9 lines
-    assert counts["entry"] == 6 and counts["full_tile"] == 9
-    assert counts["per_pixel"] == 7.5
+    # the entry up to its branch (ld.param is an argument, a move), then the 2-load full tile
+    assert counts["path"] == 14 and counts["per_pixel"] == 7.0
     c = counts["classes"]
     assert c["memory"] == 2.0 and c["sfu"] == 1.0 and c["fp32"] == 0.5 and c["integer"] == 1.0
-    assert c["control"] == 1.5 and c["move"] == 1.5
+    assert c["control"] == 1.0 and c["move"] == 1.5
 
 
-def test_sass_blocks_and_classes():
+def test_sass_hot_path_skips_the_slow_path_and_the_tail():
     blocks = isa.basic_blocks(SASS)
-    assert [label for label, _ in blocks] == ["entry", ".L_x_0"]
-    assert blocks[0][1][0].startswith("LDC R1") and len(blocks[0][1]) == 8
-    classes = isa.classify(blocks[0][1])
-    assert classes == {"memory": 3, "fp32": 1, "sfu": 1, "integer": 1, "control": 1, "move": 1}
+    assert [label for label, _ in blocks] == ["entry", ".L_x_2", ".L_x_1", ".L_x_3",
+                                            "$__internal_0_$__cuda_sm3x_div_rn_noftz_f32_slowpath"]
+    path = isa.hot_path(SASS)
+    # entry (4) + the full tile up to the slow path's branch (8) + after it (4): the CALL is skipped
+    assert len(path) == 16 and not any(line.startswith(("CALL", "MOV R20")) for line in path)
+    assert sum(line.startswith("LDG") for line in path) == 2
+    counts = isa.steady_state(SASS, per_thread=2)
+    assert counts["per_pixel"] == 8.0
+    assert counts["classes"] == {"memory": 2.5, "fp32": 1.5, "sfu": 0.5, "integer": 0.5, "control": 2.5,
+                                 "move": 0.5, "other": 0.0}
 
 
 @pytest.mark.skipif(gpulab.ON_GPU, reason="the simulator's refusal")
