@@ -698,9 +698,15 @@ def _matches_aligned_rows(case) -> bool:
 
 
 def _whole_tiles_missing(case) -> bool:
+    """Some tiles whole, the others not written at all: tasks never taken. (A kernel that
+    takes one task per block still computes the first tiles.)"""
     tally = _tiles_written(case)
-    return (case.unwritten_only and tally["none"] > 0 and tally["part"] == tally["rows"] == 0
+    return (case.unwritten_only and tally["whole"] > 0 and tally["none"] > 0 and tally["part"] == tally["rows"] == 0
             and not _matches_aligned_rows(case))
+
+
+def _nothing_written(case) -> bool:
+    return case.error is None and not case.findings and bool(case.unwritten.all()) and case.unwritten.numel() > 0
 
 
 def _tiles_partly_written(case) -> bool:
@@ -750,6 +756,10 @@ PERSISTENT_GEMM = Task(
              "Whole tiles were never computed: the grid has far fewer blocks than tasks, so a persistent "
              "block must keep taking tasks (the leader's q = cuda.atomic.add(queue, 0, 1)) until q reaches the "
              "number of tasks, row tiles x column tiles"),
+        Hint(_nothing_written,
+             "Nothing was written. Only the block's leader takes a task, q = cuda.atomic.add(queue, 0, 1), and "
+             "puts it in shared memory; then every thread of the block computes its element of that task's "
+             "tile, and the block loops until q reaches the number of tasks"),
         Hint(_tiles_partly_written,
              "Tiles were only partly computed: only the block's leader takes a task, shares it through shared "
              "memory (a cuda.syncthreads() after it), and the whole block computes that one tile"),
