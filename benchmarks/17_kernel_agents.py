@@ -112,11 +112,13 @@ def overhead() -> dict:
     skip = v.verify("relu", SKIPS_WORK)
     isolation = v.isolation_description
     v.close()
+    from gpulab.kernelagent.verifier import START_FAILURES
     return {"worker_startup_s": ZYGOTE_START_S[0] if ZYGOTE_START_S else startup, "worker_restart_s": restart, "first_verify_s": untimed[0],
             "verify_s_median": statistics.median(untimed[1:]), "verify_timed_s_median": statistics.median(timed),
             "overhead_s_median": statistics.median(untimed_over[1:]),
             "overhead_timed_s_median": statistics.median(timed_over),
             "relu_timing": verdict.timing, "relu_feedback": verdict.feedback, "isolation": isolation,
+            "start_failures": list(START_FAILURES),
             "skips_work_flags": sorted(skip.flags), "skips_work_speedup": skip.speedup}
 
 
@@ -220,7 +222,9 @@ def report(data: dict, meta: dict | None = None, quick: bool = False) -> gb.Resu
         table=_planted_table(planted))
     if "worker_restart_s" in over:
         results.section("Verifier overhead per candidate", [
-            f"- isolation: {over['isolation']}\n"
+            f"- isolation: {over['isolation']}"
+            + (f" (tried first and failed here: {'; '.join(f.split(':')[0] for f in over['start_failures'])})"
+               if over.get("start_failures") else "") + "\n"
             f"- zygote and first worker start (imports torch, numba, gpulab; CUDA context): "
             f"{over['worker_startup_s']:.2f} s; a new worker from the zygote: {over['worker_restart_s']:.2f} s\n"
             f"- first verification (relu, 5 seeds x 2 runs + 1 perturbation, compile included): "

@@ -116,8 +116,11 @@ def _write(path: str, text: str) -> None:
         f.write(text)
 
 
-def _try_namespace(libc) -> str:
+def _try_namespace(libc, allow_namespaces: bool = True) -> str:
     uid, gid = os.getuid(), os.getgid()
+    if not allow_namespaces:
+        _prctl(PR_SET_CHILD_SUBREAPER, 1)
+        return "subreaper"
     if libc.unshare(CLONE_NEWPID) == 0:
         return "pid"
     if uid != 0 and libc.unshare(CLONE_NEWUSER | CLONE_NEWPID) == 0:
@@ -130,12 +133,13 @@ def _try_namespace(libc) -> str:
     return "subreaper"
 
 
-def enter_namespace(report_fd: int | None = None) -> str:
+def enter_namespace(report_fd: int | None = None, allow_namespaces: bool = True) -> str:
     """In the keeper: make the next child process 1 of a new PID namespace (or, where
-    that is not allowed, make the keeper a subreaper), fork it, and return the kind in
-    the child. The keeper never returns: it reaps until the worker ends, writes the
-    worker's exit status to ``report_fd`` (``{"exited": code}``), and exits."""
-    namespace = _try_namespace(_libc())
+    that is not allowed or ``allow_namespaces`` is off, make the keeper a subreaper),
+    fork it, and return the kind in the child. The keeper never returns: it reaps until
+    the worker ends, writes the worker's exit status to ``report_fd`` (``{"exited":
+    code}``), and exits."""
+    namespace = _try_namespace(_libc(), allow_namespaces)
     keeper = os.getpid()
     child = os.fork()
     if child == 0:

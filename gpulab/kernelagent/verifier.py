@@ -255,7 +255,10 @@ class _Zygote:
 
         self.sock.settimeout(timeout_s)
         socket.send_fds(self.sock, [json.dumps(request).encode()], fds)
-        return int(self._line()["keeper"])
+        answer = self._line()
+        if "keeper" not in answer:
+            raise RuntimeError(f"the verifier's zygote could not fork a worker: {answer.get('error', answer)}")
+        return int(answer["keeper"])
 
     def close(self) -> None:
         try:
@@ -290,11 +293,24 @@ def _close_zygotes() -> None:
         shutil.rmtree(zygote.workdir, ignore_errors=True)
 
 
+#: how a worker is started, strongest first; the first that starts here is kept for the
+#: process. A fork of the zygote in a PID namespace is the fastest and the most isolated;
+#: where the GPU's driver cannot start in a PID namespace, or in a fork of the zygote (a
+#: driver initialised before the fork, an OS call refused), the next one is tried
+START_ATTEMPTS = (
+    {"attempt": "fork-pid", "namespaces": True, "exec": False},
+    {"attempt": "fork-subreaper", "namespaces": False, "exec": False},
+    {"attempt": "exec-subreaper", "namespaces": False, "exec": True},
+)
+_START_FROM = [0]          # index of the first attempt still worth trying in this process
+START_FAILURES: list[str] = []   # why the attempts before it failed (for the record)
+
+
 class _Worker:
     """One worker tree (keeper, worker), its private pipes and its shared area."""
 
     def __init__(self, zygote: _Zygote, workdir: str, memory_limit_mb: int, startup_timeout_s: float,
-                 iso: Isolation):
+                 iso: Isolation, attempt: dict | None = None):
         self.workdir = workdir
         self.memory_limit_mb = memory_limit_mb
         self.zygote = zygote
@@ -315,13 +331,16 @@ class _Worker:
         self.stdin = os.fdopen(stdin_w, "wb")
         self._buffer = b""
         self.pid = None
+        self.keeper = None
+        self.namespace_id = None
         self.exit_code = None
+        self.attempt = dict(attempt or START_ATTEMPTS[0])
         started = time.monotonic()
         try:
             self.keeper = zygote.fork_worker([stdin_r, reply_w, events_w, self.area_fd, self.log.fileno()],
                                              {"uid": iso.uid, "memory_mb": memory_limit_mb, "home": home, "cwd": workdir,
                                               # grading guard as it is now, not as at the zygote's start
-                                              "blocked": os.environ.get(sandbox.BLOCKED_ENV)},
+                                              "blocked": os.environ.get(sandbox.BLOCKED_ENV), **self.attempt},
                                              startup_timeout_s)
         finally:
             for fd in (stdin_r, reply_w, events_w):   # the worker holds the only other ends
@@ -340,7 +359,9 @@ class _Worker:
         self.baseline_rss_mb = _rss_mb(self.pid)
 
     @staticmethod
-    def _running(pid: int) -> bool:
+    def _running(pid: int | None) -> bool:
+        if pid is None:
+            return False
         try:
             with open(f"/proc/{pid}/stat") as f:
                 return f.read().rsplit(")", 1)[1].split()[0] not in "ZX"
@@ -361,6 +382,8 @@ class _Worker:
     def others(self) -> list[int]:
         """Processes of the worker's tree other than keeper and worker (read from /proc
         here, by the parent): in its PID namespace, or re-parented to its keeper."""
+        if self.keeper is None:
+            return []
         found = set(isolation.descendants(self.keeper))
         if self.namespace_id:
             found |= set(isolation.processes_in_namespace(self.namespace_id))
@@ -622,17 +645,31 @@ class Verifier:
             if self._worker is not None:
                 self._worker.close()
                 self.restarts += 1
-            self._worker = _Worker(_shared_zygote(self.startup_timeout_s), self.workdir, self.memory_limit_mb, self.startup_timeout_s,
-                                   self.isolation)
+            self._worker = self._start_worker()
         return self._worker
+
+    def _start_worker(self) -> "_Worker":
+        """The strongest start that works here (remembered for the process: see START_ATTEMPTS)."""
+        last = None
+        while _START_FROM[0] < len(START_ATTEMPTS):
+            attempt = START_ATTEMPTS[_START_FROM[0]]
+            try:
+                return _Worker(_shared_zygote(self.startup_timeout_s), self.workdir, self.memory_limit_mb,
+                               self.startup_timeout_s, self.isolation, attempt)
+            except RuntimeError as exc:
+                last = exc
+                START_FAILURES.append(f"{attempt['attempt']}: {str(exc)[-600:]}")
+                _START_FROM[0] += 1
+        raise RuntimeError(f"no way to start a verifier worker worked here; the last: {last}")
 
     @property
     def isolation_description(self) -> str:
         """How the current worker is kept apart (starts one if none is running)."""
         worker = self._ensure_worker()
         uid = f"uid {worker.uid}" if self.isolation.uid is not None else "the same uid (parent non-dumpable)"
+        how = "forked from the zygote" if not worker.attempt.get("exec") else "a fresh interpreter"
         return f"worker as {uid}, in {worker.namespace}" + (
-            " namespace" if "pid" in worker.namespace else " mode (a subreaper keeper)")
+            " namespace" if "pid" in worker.namespace else " mode (a subreaper keeper)") + f", {how}"
 
     def close(self) -> None:
         if self._worker is not None:

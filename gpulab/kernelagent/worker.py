@@ -46,6 +46,10 @@ import traceback
 _CLOCK = time.perf_counter         # taken before any candidate could replace it
 
 ZYGOTE_FD_ENV = "GPULAB_VERIFIER_ZYGOTE_FD"
+WORKER_NAMESPACE_ENV = "GPULAB_VERIFIER_WORKER_NAMESPACE"
+ATTEMPT_ENV = "GPULAB_VERIFIER_ATTEMPT"
+#: for tests of the fallback: start attempts (by name) that must fail as a GPU's would
+FAIL_ATTEMPTS_ENV = "GPULAB_VERIFIER_TEST_FAIL_ATTEMPTS"
 REPLY_FD_ENV = "GPULAB_VERIFIER_REPLY_FD"
 EVENT_FD_ENV = "GPULAB_VERIFIER_EVENT_FD"
 AREA_FD_ENV = "GPULAB_VERIFIER_AREA_FD"
@@ -554,6 +558,9 @@ def _worker_main(namespace: str) -> None:
     # 1024 threads inside the address-space cap
     threading.stack_size(1 << 20)
     import torch
+    attempt = os.environ.pop(ATTEMPT_ENV, "")
+    if attempt and attempt in os.environ.get(FAIL_ATTEMPTS_ENV, "").split(","):
+        raise RuntimeError(f"simulated start failure of attempt {attempt!r} (as CUDA's error 304 would be)")
     _warm_up()
     if gpulab.ON_GPU:
         # a candidate that fills the GPU through torch's allocator stops at this share of it,
@@ -625,8 +632,17 @@ def _serve(request: dict, fds: list[int]) -> None:
         from gpulab import sandbox
 
         os.environ[sandbox.BLOCKED_ENV] = request["blocked"]
+    os.environ[ATTEMPT_ENV] = str(request.get("attempt", ""))
     try:
-        namespace = isolation.enter_namespace(report_fd=reply_w)   # the keeper stays in there
+        namespace = isolation.enter_namespace(report_fd=reply_w,       # the keeper stays in there
+                                              allow_namespaces=request.get("namespaces", True))
+        if request.get("exec"):
+            # a fresh interpreter instead of this fork of the zygote: nothing of the zygote's
+            # state (CUDA's included) is inherited; slower to start
+            for fd in (0, 1, 2, reply_w, events_w, area_fd):
+                os.set_inheritable(fd, True)
+            os.environ[WORKER_NAMESPACE_ENV] = namespace
+            os.execv(sys.executable, [sys.executable, "-m", __spec__.name])
         _worker_main(namespace)
     except BaseException:
         traceback.print_exc()
@@ -686,6 +702,9 @@ def _zygote(sock_fd: int) -> None:
         if not msg:
             os._exit(0)           # the verifier is gone
         request = json.loads(msg)
+        if torch.cuda.is_initialized():      # a CUDA context does not survive a fork
+            sock.sendall(b'{"error": "the zygote has initialised CUDA: it cannot fork workers"}\n')
+            continue
         keeper = os.fork()
         if keeper == 0:
             signal.signal(signal.SIGCHLD, signal.SIG_DFL)
@@ -697,6 +716,9 @@ def _zygote(sock_fd: int) -> None:
 
 
 def main() -> None:
+    if WORKER_NAMESPACE_ENV in os.environ:     # exec'd by a keeper: be its worker
+        _STARTED.append(time.perf_counter())
+        _worker_main(os.environ.pop(WORKER_NAMESPACE_ENV))
     _zygote(int(os.environ.pop(ZYGOTE_FD_ENV)))
 
 

@@ -139,3 +139,31 @@ def test_parent_inputs_and_device_inputs_agree():
     b = task.device_inputs((5, 7), 3, gpulab.device)
     assert all(torch.equal(x, y) for x, y in zip(a, b))
     assert a[0].device.type == torch.device(gpulab.device).type
+
+
+_FALLBACK = '''
+import os, sys
+os.environ["GPULAB_VERIFIER_TEST_FAIL_ATTEMPTS"] = "fork-pid,fork-subreaper"
+from gpulab.kernelagent import Verifier, get_planted
+from gpulab.kernelagent import verifier as vm
+with Verifier(seed=1, timing=False, static_check=False) as v:
+    print(v.isolation_description)
+    assert v.verify("relu", get_planted("relu_correct").source).passed
+    orphan = v.verify("relu", get_planted("relu_orphan").source)
+    assert "left_processes" in orphan.flags, str(orphan)
+print(len(vm.START_FAILURES))
+'''
+
+
+def test_a_worker_that_cannot_start_falls_back_to_the_next_way(tmp_path):
+    # on the H200 (2026-12-01) a worker forked into a PID namespace could not start CUDA
+    # (error 304): the verifier then tries a subreaper keeper, then a fresh interpreter.
+    # Here both forks are made to fail the same way, in a process of its own (the choice is
+    # remembered per process)
+    import subprocess
+    import sys
+    done = subprocess.run([sys.executable, "-c", _FALLBACK], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    lines = done.stdout.strip().splitlines()
+    assert "subreaper" in lines[-2] and "a fresh interpreter" in lines[-2], lines
+    assert lines[-1] == "2"
