@@ -168,9 +168,13 @@ def transpose_naive_kernel(src, dst):
 
 
 def _make_tiled_transpose(pad: int, name: str):
-    # TILE + pad columns: with pad = 1 the elements of a tile column lie in 32 different banks
+    # TILE + pad columns: with pad = 1 the elements of a tile column lie in 32 different banks.
+    # Computed here, not in the kernel: numba needs the shape of a shared array as constants
+    # (TILE + pad inside the kernel is a run-time int64 to the compiler; the simulator takes it)
+    row_length = TILE + pad
+
     def transpose_tiled(src, dst):
-        tile = cuda.shared.array((TILE, TILE + pad), dtype=float32)
+        tile = cuda.shared.array((TILE, row_length), dtype=float32)
         tx, ty = cuda.threadIdx.x, cuda.threadIdx.y
         col = cuda.blockIdx.x * TILE + tx
         for k in range(0, TILE, TILE_ROWS):      # load: a warp reads one row of the tile
