@@ -301,6 +301,8 @@ START_ATTEMPTS = (
     {"attempt": "fork-pid", "namespaces": True, "exec": False},
     {"attempt": "fork-subreaper", "namespaces": False, "exec": False},
     {"attempt": "exec-subreaper", "namespaces": False, "exec": True},
+    # the last resort: the worker keeps the parent's uid; the parent is then non-dumpable
+    {"attempt": "exec-subreaper-same-uid", "namespaces": False, "exec": True, "drop": False},
 )
 _START_FROM = [0]          # index of the first attempt still worth trying in this process
 START_FAILURES: list[str] = []   # why the attempts before it failed (for the record)
@@ -653,6 +655,8 @@ class Verifier:
         last = None
         while _START_FROM[0] < len(START_ATTEMPTS):
             attempt = START_ATTEMPTS[_START_FROM[0]]
+            if not attempt.get("drop", True):
+                isolation.make_undumpable()   # same user as the worker: refuse it /proc/<us>/mem
             try:
                 return _Worker(_shared_zygote(self.startup_timeout_s), self.workdir, self.memory_limit_mb,
                                self.startup_timeout_s, self.isolation, attempt)
@@ -666,7 +670,8 @@ class Verifier:
     def isolation_description(self) -> str:
         """How the current worker is kept apart (starts one if none is running)."""
         worker = self._ensure_worker()
-        uid = f"uid {worker.uid}" if self.isolation.uid is not None else "the same uid (parent non-dumpable)"
+        uid = (f"uid {worker.uid}" if self.isolation.uid is not None and worker.attempt.get("drop", True)
+               else "the same uid (parent non-dumpable)")
         how = "forked from the zygote" if not worker.attempt.get("exec") else "a fresh interpreter"
         return f"worker as {uid}, in {worker.namespace}" + (
             " namespace" if "pid" in worker.namespace else " mode (a subreaper keeper)") + f", {how}"

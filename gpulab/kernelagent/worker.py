@@ -577,6 +577,7 @@ def _worker_main(namespace: str) -> None:
     if uid is not None:
         isolation.drop_privileges(int(uid))
         resource.setrlimit(resource.RLIMIT_NPROC, (4096, 4096))  # per uid: a fork bomb stops here
+        _warm_up()          # the GPU still works for the new uid (else: fail now, not per candidate)
     runner.watched = _watched_objects()
     runner.note = _install_audit(hooks, int(os.environ.pop(EVENT_FD_ENV)))
     ready = {"ready": True, "mode": gpulab.MODE, "namespace": namespace, "uid": os.getuid(),
@@ -624,7 +625,7 @@ def _serve(request: dict, fds: list[int]) -> None:
     os.environ.update({REPLY_FD_ENV: str(reply_w), EVENT_FD_ENV: str(events_w), AREA_FD_ENV: str(area_fd),
                        "GPULAB_VERIFIER_MEMORY_MB": str(request.get("memory_mb", 0)),
                        "HOME": request.get("home") or os.environ.get("HOME", "/")})
-    if request.get("uid") is not None:
+    if request.get("uid") is not None and request.get("drop", True):
         os.environ["GPULAB_ISOLATION_UID"] = str(request["uid"])
     if request.get("cwd"):
         os.chdir(request["cwd"])
