@@ -174,7 +174,7 @@ CHAPTERS: tuple[Chapter, ...] = (
            "training on GPUs", "2412.04747"))),
     Chapter("14", "distributed", "dist", "Distributed training", (
         _p("TorchTitan: One-stop PyTorch native solution for production ready LLM pre-training", "2410.06511"),
-        _p("Galvatron: Automatic Distributed Training for Large Transformer Models", "2504.03662"))),
+        _p("Galvatron: Automatic Distributed Training for Large Transformer Models", "2504.03662")), status=READY),
     Chapter("15", "streaming_diffusion", "stream", "Streaming diffusion", (
         _p("StreamDiffusion: A Pipeline-level Solution for Real-time Interactive Generation", "2312.12491"),
         _p("StreamDiffusionV2: A Streaming System for Dynamic and Interactive Video Generation",
