@@ -19,6 +19,7 @@ Writes benchmarks/results/17_kernel_agents.{json,md}, the md rendered from the j
 """
 from __future__ import annotations
 
+import os
 import statistics
 import sys
 import tempfile
@@ -54,7 +55,7 @@ def solve(x, out):
 ZYGOTE_START_S: list[float] = []
 
 
-def classify_planted(skip_hostile: bool = False) -> list[dict]:
+def classify_planted(skip_hostile: bool = False, deadline: float | None = None) -> list[dict]:
     rows = []
     with Verifier(seed=17, timing=False, time_limit_s=60) as v:
         t0 = time.perf_counter()
@@ -66,6 +67,12 @@ def classify_planted(skip_hostile: bool = False) -> list[dict]:
             layers = [True] + ([False] if cand.runtime_status is not None else [])
             for static in layers:
                 status, flags = cand.expected(static)
+                if deadline is not None and time.perf_counter() > deadline:
+                    rows.append({"name": cand.name, "group": cand.group, "layer": "full" if static else "runtime",
+                                 "task": cand.task, "expected": status, "expected_flags": sorted(flags),
+                                 "status": "not run", "flags": [], "ok": False, "seconds": 0.0,
+                                 "overhead_s": None, "message": "not reached within the run's time budget"})
+                    continue
                 v.static_check, v.timing = static, cand.timed
                 v.time_limit_s = 5 if cand.name == "hang" else 60
                 t0 = time.perf_counter()
@@ -156,11 +163,14 @@ def search_all(tmp: Path, tasks=SEARCH_TASKS, rounds=ROUNDS, population=POPULATI
 def measure(quick: bool, verdicts_only: bool = False, previous: dict | None = None) -> dict:
     start = time.perf_counter()
     tmp = Path(tempfile.mkdtemp())
-    print("1. planted candidates")
-    planted = classify_planted(skip_hostile=quick)
-    bad = [f"{r['name']} ({r['layer']})" for r in planted if not r["ok"]]
-    print("2. verifier overhead")
+    # a time budget for the whole run (GPULAB_BENCH_BUDGET_S): the overhead first, then the
+    # planted candidates until the budget is spent; those not reached are recorded as such
+    budget = float(os.environ.get("GPULAB_BENCH_BUDGET_S", "0")) or None
+    print("1. verifier overhead")
     over = overhead()
+    print("2. planted candidates")
+    planted = classify_planted(skip_hostile=quick, deadline=start + budget - 5 if budget else None)
+    bad = [f"{r['name']} ({r['layer']})" for r in planted if not r["ok"] and r["status"] != "not run"]
     print(f"  zygote + worker start {over['worker_startup_s']:.2f} s, a restart {over['worker_restart_s']:.2f} s, "
           f"first verify {over['first_verify_s']:.2f} s, then {over['verify_s_median']:.2f} s untimed "
           f"({over['overhead_s_median']:.2f} s not the candidate's), {over['verify_timed_s_median']:.2f} s timed "
@@ -199,8 +209,13 @@ def report(data: dict, meta: dict | None = None, quick: bool = False) -> gb.Resu
     plan, peaks = data["search_plan"], data["peaks"]
     results = gb.Results(STEM, TITLE, meta=meta, data=data, quick=quick)
     ok = sum(r["ok"] for r in planted)
-    results.headline("planted candidates given their planted verdict", ok, "planted candidates", len(planted),
-                     goal=1.0, lower_is_better=False, note="every one must be classified as planted")
+    run = [r for r in planted if r["status"] != "not run"]
+    note = "every one must be classified as planted"
+    if len(run) < len(planted):
+        note += f"; {len(planted) - len(run)} of {len(planted)} not reached within the time budget"
+    results.headline("planted candidates given their planted verdict", ok,
+                     "planted candidates" if len(run) == len(planted) else "planted candidates run", len(run),
+                     goal=1.0, lower_is_better=False, note=note)
     if "overhead_timed_s_median" in over:
         results.headline("verifier overhead per candidate beyond its own runs, timed (s)",
                          over["overhead_timed_s_median"], goal=VERIFY_GOAL_S, unit="s",
@@ -218,7 +233,8 @@ def report(data: dict, meta: dict | None = None, quick: bool = False) -> gb.Resu
     results.section(
         "Planted candidates",
         [f"Measured ceilings {peaks['copy_gbps']:.0f} GB/s copy, {peaks['fp32_gflops']:.0f} GFLOP/s FP32.",
-         f"{ok}/{len(planted)} classified as planted" + (f"; WRONG: {', '.join(bad)}" if bad else ".")],
+         f"{ok}/{len([r for r in planted if r['status'] != 'not run'])} classified as planted"
+         + (f"; WRONG: {', '.join(bad)}" if bad else ".")],
         table=_planted_table(planted))
     if "worker_restart_s" in over:
         results.section("Verifier overhead per candidate", [
