@@ -61,7 +61,9 @@ def classify_planted(skip_hostile: bool = False, deadline: float | None = None) 
         t0 = time.perf_counter()
         v._ensure_worker()       # the process's zygote and the first worker
         ZYGOTE_START_S.append(time.perf_counter() - t0)
-        for cand in planted_candidates():
+        # within a time budget the attacks on the verifier come right after the honest ones
+        order = {"correct": 0, "attack": 1, "cheat": 2, "wrong": 3, "hostile": 4}
+        for cand in sorted(planted_candidates(), key=lambda c: order.get(c.group, 5)):
             if skip_hostile and cand.name in HOSTILE:
                 continue
             layers = [True] + ([False] if cand.runtime_status is not None else [])
