@@ -169,7 +169,16 @@ def measure(quick: bool, verdicts_only: bool = False, previous: dict | None = No
     # planted candidates until the budget is spent; those not reached are recorded as such
     budget = float(os.environ.get("GPULAB_BENCH_BUDGET_S", "0")) or None
     print("1. verifier overhead")
-    over = overhead()
+    try:
+        over = overhead()
+    except RuntimeError as exc:       # no worker could start: record why, and stop here
+        from gpulab.kernelagent.verifier import START_FAILURES
+
+        print("  no verifier worker started:", exc)
+        return {"peaks": {"copy_gbps": 0.0, "fp32_gflops": 0.0}, "search_plan": {"rounds": 0, "population": 0},
+                "planted": [], "planted_misclassified": ["(no worker started)"],
+                "overhead": {"error": str(exc)[-3000:], "start_failures": list(START_FAILURES)},
+                "search": {}, "search_from": None, "total_seconds": time.perf_counter() - start}
     print("2. planted candidates")
     planted = classify_planted(skip_hostile=quick, deadline=start + budget - 5 if budget else None)
     bad = [f"{r['name']} ({r['layer']})" for r in planted if not r["ok"] and r["status"] != "not run"]
@@ -210,6 +219,11 @@ def report(data: dict, meta: dict | None = None, quick: bool = False) -> gb.Resu
     planted, bad, over, searched = data["planted"], data["planted_misclassified"], data["overhead"], data["search"]
     plan, peaks = data["search_plan"], data["peaks"]
     results = gb.Results(STEM, TITLE, meta=meta, data=data, quick=quick)
+    if "error" in over:
+        results.headline("planted candidates given their planted verdict", 0, "planted candidates", 1,
+                         goal=1.0, lower_is_better=False, note="no verifier worker could start")
+        results.section("No verifier worker started", [over["error"]] + over.get("start_failures", []))
+        return results
     ok = sum(r["ok"] for r in planted)
     run = [r for r in planted if r["status"] != "not run"]
     note = "every one must be classified as planted"
