@@ -335,6 +335,14 @@ def report(data: dict, meta: dict | None = None, quick: bool = False) -> gb.Resu
         results.headline(f"GPU memory of one frame, {n_head:,} Gaussians (MiB)", head["peak_mib"], "gsplat",
                          gs["memory"][n_head], goal=GOAL_VS_GSPLAT, unit="MiB", note=gs["source"])
     grads = correctness.get("gradients")
+    if not has_backward:
+        results.section(
+            "Which code these figures measure",
+            "This run predates issue 13's changes: the numba backward pass, gsplat 1.5's opacity-aware box, the "
+            "tile-major sort with 32-bit keys and its one-pass counting sort. The pipeline it timed binned 3DGS's "
+            "3-sigma squares and sorted 64-bit keys with torch.sort; gsplat was not timed beside it. The current "
+            "code has not been benchmarked on a GPU yet: run `gpulab bench 06` to replace these figures with the "
+            "forward, forward + backward and memory rows against gsplat in one run.")
     results.section(
         "Set-up",
         f"{size}, random Gaussians in front of a 60-degree pinhole camera, scales around "
