@@ -591,7 +591,21 @@ def _make_chain(mistake=None):
     return chain
 
 
+@kernel
+def _chain_from_thread_index(x, out):
+    # starts at cuda.threadIdx.x, not cuda.grid(1): every block redoes the first block's
+    # elements, so threads of different blocks write one element (the same value: only the
+    # simulator's tracer sees the race at the small sizes; a GPU's large ones leave gaps)
+    for i in range(cuda.threadIdx.x, x.size, cuda.gridsize(1)):
+        v = x[i] * float32(1.5) + float32(0.25)
+        v = float32(1.0) / (float32(1.0) + math.exp(-v))
+        v = min(max(v, float32(0.2)), float32(0.8))
+        out[i] = v * float32(2.0)
+
+
 FUSED_CHAIN.planted = [
+    Planted("loop starts at cuda.threadIdx.x: blocks redo each other's elements", _chain_from_thread_index,
+            "threads of two blocks wrote one element", simulator_only=True),
     Planted("no grid-stride loop", _make_chain("no_stride"), "grid-stride"),
     Planted("clamp before the sigmoid", _make_chain("clamp_first"), "clamp comes before"),
     Planted("misses the last element", _make_chain("misses_last"), "last element"),
