@@ -183,9 +183,9 @@ def hot_path(asm: str) -> list[str]:
         nexts = []
         if r["target"] is not None and at.get(r["target"], -1) > i:
             nexts.append(at[r["target"]])
-        if r["falls"] and not r["exits"] and i + 1 < len(runs):
+        if r["falls"] and i + 1 < len(runs):      # a predicated exit or branch may fall through
             nexts.append(i + 1)
-        if r["exits"] or (r["falls"] and i + 1 == len(runs)):
+        if r["exits"] or (r["falls"] and i + 1 == len(runs)):   # the path may end here
             if finish is None or best[i][:2] > best[finish][:2]:
                 finish = i
         for j in nexts:

@@ -213,3 +213,22 @@ def test_gpu_relu_and_clamp_drop_a_nan():
     x = torch.tensor([float("nan"), -1.0, 2.0], device=gpulab.device)
     torch.testing.assert_close(fk.Pipeline(fk.relu())(x), torch.tensor([0.0, 0.0, 2.0], device=gpulab.device))
     assert torch.isnan(torch.relu(x)[0])
+
+
+def test_a_predicated_early_exit_falls_through_to_the_work():
+    """A thread past the end leaves at once (@P0 EXIT); the others fall through to the tile.
+    (The counter followed no fall-through after an exit on the H200 run of 2026-12-01, so
+    its counts of one-pixel and grid-stride schedules stopped at the exit.)"""
+    sass = """
+        /*0000*/                   S2R R0, SR_TID.X ;
+        /*0010*/                   ISETP.GE.U32.AND P0, PT, R0, 0x100, PT ;
+        /*0020*/               @P0 EXIT ;
+        /*0030*/                   LDG.E R2, desc[UR4][R8.64] ;
+        /*0040*/                   FFMA R4, R2, R5, R6 ;
+        /*0050*/                   STG.E desc[UR4][R12.64], R4 ;
+        /*0060*/                   EXIT ;
+.L_x_0:
+        /*0070*/                   BRA `(.L_x_0) ;
+"""
+    assert len(isa.hot_path(sass)) == 7 and isa.steady_state(sass, 1)["classes"]["memory"] == 2.0
+
