@@ -167,3 +167,17 @@ def test_a_worker_that_cannot_start_falls_back_to_the_next_way(tmp_path):
     lines = done.stdout.strip().splitlines()
     assert "subreaper" in lines[-2] and "a fresh interpreter" in lines[-2], lines
     assert lines[-1] == "2"
+
+
+def test_the_device_side_check_of_timed_outputs_agrees_with_compare():
+    from gpulab.kernelagent.verifier import _close_on_device, compare
+    ref = torch.tensor([1.0, float("inf"), float("nan"), -2.0, 0.0])
+    variants = [ref.clone()]
+    for i, value in [(0, 1.0 + 1e-7), (0, 1.1), (1, 1e30), (1, -float("inf")), (2, 0.0), (4, float("nan")),
+                     (3, -2.00001)]:
+        v = ref.clone()
+        v[i] = value
+        variants.append(v)
+    for out in variants:
+        assert _close_on_device(out, ref, 1e-5, 1e-5) == (compare(out, ref, 1e-5, 1e-5)[0] is None), out
+    assert not _close_on_device(ref[:2], ref, 1e-5, 1e-5)
