@@ -56,7 +56,7 @@ from .static_check import check_source
 from .tasks import Task, get_task
 from .timing import plausible, summarize, timed_runs
 from . import worker as _worker_module
-from .worker import ALLOWED_ATEN_FOR_KERNELS, ALLOWED_FOR_KERNELS
+from .worker import ALLOWED_ATEN_FOR_KERNELS, ALLOWED_FOR_KERNELS, FAIL_ATTEMPTS_ENV
 
 # the worker runs candidates while a notebook may be graded: declare it to the sandbox,
 # which lets it start (it installs the grading guard in itself first thing)
@@ -342,7 +342,10 @@ class _Worker:
             self.keeper = zygote.fork_worker([stdin_r, reply_w, events_w, self.area_fd, self.log.fileno()],
                                              {"uid": iso.uid, "memory_mb": memory_limit_mb, "home": home, "cwd": workdir,
                                               # grading guard as it is now, not as at the zygote's start
-                                              "blocked": os.environ.get(sandbox.BLOCKED_ENV), **self.attempt},
+                                              "blocked": os.environ.get(sandbox.BLOCKED_ENV),
+                                              # tests: attempts to fail as CUDA's error 304 would
+                                              "fail_attempts": os.environ.get(FAIL_ATTEMPTS_ENV),
+                                              **self.attempt},
                                              startup_timeout_s)
         finally:
             for fd in (stdin_r, reply_w, events_w):   # the worker holds the only other ends

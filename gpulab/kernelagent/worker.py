@@ -638,6 +638,7 @@ def _serve(request: dict, fds: list[int]) -> None:
 
         os.environ[sandbox.BLOCKED_ENV] = request["blocked"]
     os.environ[ATTEMPT_ENV] = str(request.get("attempt", ""))
+    os.environ[FAIL_ATTEMPTS_ENV] = str(request.get("fail_attempts") or "")
     try:
         namespace = isolation.enter_namespace(report_fd=reply_w,       # the keeper stays in there
                                               allow_namespaces=request.get("namespaces", True))
