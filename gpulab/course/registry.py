@@ -17,12 +17,13 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-__all__ = ["Paper", "Chapter", "CHAPTERS", "chapter", "READY", "PLANNED", "course_root", "readme_table",
+__all__ = ["Paper", "Chapter", "CHAPTERS", "chapter", "READY", "BUILT", "PLANNED", "course_root", "readme_table",
            "README_BEGIN", "README_END"]
 
-READY = "ready"
-PLANNED = "planned"
-_STATUSES = (READY, PLANNED)
+READY = "ready"        # every file, tested, and its benchmark recorded on a GPU
+BUILT = "built"        # every file and tested under the simulator; no GPU figures recorded yet
+PLANNED = "planned"    # a record only
+_STATUSES = (READY, BUILT, PLANNED)
 
 
 @dataclass(frozen=True)
@@ -100,6 +101,12 @@ class Chapter:
     @property
     def ready(self) -> bool:
         return self.status == READY
+
+    @property
+    def built(self) -> bool:
+        """Ready or built: its lecture, assignment, checks and tests exist (a learner can
+        take it; a built one has not met a GPU yet, so its results file may be missing)."""
+        return self.status in (READY, BUILT)
 
 
 def _p(title: str, arxiv: str | None, venue: str = "") -> Paper:
@@ -237,13 +244,15 @@ def _paper_cell(paper: Paper) -> str:
 def readme_table() -> str:
     """The README's chapter table, rendered from the registry (a test holds them equal).
 
-    A ready chapter links its lecture; each paper links its arXiv page.
+    A ready or built chapter links its lecture; each paper links its arXiv page. A built
+    chapter's status says that its GPU figures are still to come.
     """
     rows = ["| ch | chapter | papers | status |", "|---|---|---|---|"]
     for ch in CHAPTERS:
-        name = f"[{ch.title}]({ch.lecture.as_posix()})" if ch.ready else ch.title
+        name = f"[{ch.title}]({ch.lecture.as_posix()})" if ch.built else ch.title
         papers = "; ".join(_paper_cell(p) for p in ch.papers) or "—"
-        rows.append(f"| {ch.number} | {name} | {papers} | {ch.status} |")
+        status = "built (GPU figures pending)" if ch.status == BUILT else ch.status
+        rows.append(f"| {ch.number} | {name} | {papers} | {status} |")
     return "\n".join(rows)
 
 

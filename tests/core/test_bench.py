@@ -9,11 +9,15 @@ import torch
 
 import gpulab
 import gpulab.benchmark as gb
+from gpulab.course.registry import BUILT, CHAPTERS
 
 ROOT = Path(__file__).resolve().parents[2]
 BENCHMARKS = ROOT / "benchmarks"
 RESULTS = sorted((BENCHMARKS / "results").glob("*.json"))
 SCRIPTS = sorted(BENCHMARKS.glob("[0-9][0-9]_*.py"))
+# a built chapter has not met a GPU yet: its script exists, its results come with its GPU run
+AWAITING_GPU = {Path(ch.benchmark).stem for ch in CHAPTERS if ch.status == BUILT}
+RECORDED_SCRIPTS = [p for p in SCRIPTS if (BENCHMARKS / "results" / f"{p.stem}.json").exists()]
 
 
 def _load_script(path: Path):
@@ -25,7 +29,10 @@ def _load_script(path: Path):
 
 def test_there_are_results_and_scripts():
     assert len(SCRIPTS) >= 5 and len(RESULTS) >= 5
-    assert {p.stem for p in SCRIPTS} == {p.stem for p in RESULTS}, "every script has recorded results and back"
+    scripts, results = {p.stem for p in SCRIPTS}, {p.stem for p in RESULTS}
+    assert results <= scripts, f"results without a script: {sorted(results - scripts)}"
+    missing = scripts - results - AWAITING_GPU
+    assert not missing, f"scripts without recorded results (only a built chapter's may wait): {sorted(missing)}"
 
 
 @pytest.mark.parametrize("path", RESULTS, ids=lambda p: p.stem)
@@ -48,7 +55,7 @@ def test_markdown_is_the_rendering_of_the_json(path):
         f"{path.with_suffix('.md').name} was edited by hand or is stale: rerender it with gpulab.benchmark.render"
 
 
-@pytest.mark.parametrize("path", SCRIPTS, ids=lambda p: p.stem)
+@pytest.mark.parametrize("path", RECORDED_SCRIPTS, ids=lambda p: p.stem)
 def test_script_rebuilds_its_recorded_report_from_the_measurements(path):
     """Headline rows and sections are derived from the raw data by the script itself."""
     saved = gb.load(BENCHMARKS / "results" / f"{path.stem}.json")

@@ -14,7 +14,7 @@ from gpulab.course.checks.engine import all_tasks
 from gpulab.course.registry import CHAPTERS, course_root
 from helpers import MIN_PLANTED, assert_planted_rejected, task_id
 
-READY = [ch for ch in CHAPTERS if ch.ready]
+BUILT = [ch for ch in CHAPTERS if ch.built]
 
 
 def _names_defined_in(notebook) -> set[str]:
@@ -35,8 +35,8 @@ def _names_defined_in(notebook) -> set[str]:
     return names
 
 
-@pytest.mark.parametrize("ch", READY, ids=lambda ch: ch.stem)
-def test_each_ready_chapter_runs_its_planted_answers(ch):
+@pytest.mark.parametrize("ch", BUILT, ids=lambda ch: ch.stem)
+def test_each_built_chapter_runs_its_planted_answers(ch):
     tasks = [t for t in all_tasks() if t.chapter == ch.number]
     assert tasks, f"chapter {ch.number} declares no graded task in {ch.checks_module}"
     for task in tasks:
