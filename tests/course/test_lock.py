@@ -99,7 +99,10 @@ def test_locks_are_made_by_pip_compile_from_pyproject(lock, inputs, extras):
 def test_cpu_lock_pins_the_cpu_torch_and_no_cuda_libraries():
     pins = lock_pins(CPU_LOCK.read_text())
     assert pins["torch"].endswith("+cpu"), f"the CPU lock has torch {pins['torch']}, not a +cpu build"
-    cuda_libraries = sorted(n for n in pins if n.startswith("nvidia-") or n in ("triton", "cuda-toolkit"))
+    # nvidia-ml-py is NVML's pure-Python binding (no library of its own: it opens the driver's
+    # libnvidia-ml at run time, and says so where there is none)
+    cuda_libraries = sorted(n for n in pins if (n.startswith("nvidia-") and n != "nvidia-ml-py")
+                            or n in ("triton", "cuda-toolkit"))
     assert cuda_libraries == [], f"the CPU lock would download CUDA libraries: {cuda_libraries}"
     # the lock's torch is the one its input asks for
     assert f"torch=={pins['torch']}" in (ROOT / "requirements" / "cpu.in").read_text()
