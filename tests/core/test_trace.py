@@ -5,6 +5,7 @@ clean kernels report nothing; a traced launch gives what an untraced one gives. 
 tiny and never multiples of the block: every simulated thread costs about a millisecond.
 """
 import math
+import re
 
 import numpy as np
 import pytest
@@ -139,7 +140,10 @@ def test_a_plain_histogram_races_and_an_atomic_one_does_not():
         plain_histogram[2, 32](x, torch.zeros(1))
     (race, *_) = t.races()
     assert race.array == "out" and race.index == (0,)
-    assert "both wrote out[0] without an atomic" in str(race)
+    # the kernel, both threads and their block(s) are named
+    assert re.match(r"plain_histogram: threads? \(\d,0,0\)( of block \(\d,0,0\))? and (thread )?"
+                    r"\(\d+,0,0\) of block \(\d,0,0\) ", str(race)), str(race)
+    assert str(race).endswith("both wrote out[0] without an atomic")
     with gpulab.trace() as t:
         atomic_histogram[2, 32](x, torch.zeros(1))
     assert t.findings() == []

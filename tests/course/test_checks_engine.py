@@ -1,121 +1,12 @@
-"""The checks engine and the simulator race recorder (gpulab.simtrace) on small kernels."""
+"""The checks engine on small kernels. The race recorder it uses (gpulab.simtrace) is tested
+with the tracer, in tests/core/test_trace.py."""
 import pytest
 import torch
 
 import gpulab  # noqa: I001  (before numba: it picks GPU or simulator)
-from numba import cuda, float32
-from gpulab import simtrace
+from numba import cuda
 from gpulab.course.checks.engine import FUNCTION, KERNEL, Hint, Sizes, Task
 from gpulab.course.feedback import TaskFailed
-
-sim_only = pytest.mark.skipif(not gpulab.SIMULATOR, reason="the recorder watches the simulator only")
-
-
-@gpulab.kernel
-def plain_histogram(x, out):
-    i = cuda.grid(1)
-    if i < x.size:
-        out[0] += x[i]
-
-
-@gpulab.kernel
-def atomic_histogram(x, out):
-    i = cuda.grid(1)
-    if i < x.size:
-        cuda.atomic.add(out, 0, x[i])
-
-
-@gpulab.kernel
-def two_threads_one_element(out):
-    i = cuda.grid(1)
-    if i < 64:
-        out[i % 32] = i            # threads i and i + 32 write out[i]
-
-
-@gpulab.kernel
-def block_sum(x, partial, use_barriers):
-    cache = cuda.shared.array(32, dtype=float32)
-    t = cuda.threadIdx.x
-    i = cuda.grid(1)
-    cache[t] = x[i] if i < x.size else float32(0.0)
-    if use_barriers:
-        cuda.syncthreads()
-    step = 16
-    while step > 0:
-        if t < step:
-            cache[t] += cache[t + step]
-        if use_barriers:
-            cuda.syncthreads()
-        step //= 2
-    if t == 0:
-        partial[cuda.blockIdx.x] = cache[0]
-
-
-@gpulab.kernel
-def barrier_in_branch(out):
-    t = cuda.threadIdx.x
-    if t < 8:
-        cuda.syncthreads()
-    out[t] = t
-
-
-@sim_only
-def test_a_race_names_the_threads_and_the_element():
-    out = torch.zeros(32)
-    with simtrace.record() as rec:
-        two_threads_one_element[2, 32](out)
-    races = rec.races()
-    assert races, "the recorder missed two threads writing one element"
-    first = races[0]
-    assert first.array == "out" and first.index == (0,)
-    assert str(first) == ("two_threads_one_element: thread (0,0,0) of block (0,0,0) and thread (0,0,0) of "
-                          "block (1,0,0) both wrote out[0] without an atomic")
-
-
-@sim_only
-def test_plain_histogram_races_and_atomic_one_does_not():
-    x = torch.rand(40)
-    with simtrace.record() as rec:
-        plain_histogram[2, 32](x, torch.zeros(1))
-    assert any("both wrote out[0] without an atomic" in str(f) for f in rec.races())
-    with simtrace.record() as rec:
-        atomic_histogram[2, 32](x, torch.zeros(1))
-    assert rec.launches and rec.findings() == []
-
-
-@sim_only
-def test_missing_barrier_and_barrier_in_branch_are_found():
-    x = torch.rand(40)
-    with simtrace.record() as rec:
-        block_sum[2, 32](x, torch.zeros(2), False)
-    unsynced = rec.unsynced_shared_reads()
-    assert unsynced and "cache[" in str(unsynced[0]) and "syncthreads() is missing" in str(unsynced[0])
-    with simtrace.record() as rec:
-        barrier_in_branch[1, 32](torch.zeros(32))
-    divergent = rec.divergent_barriers()
-    assert divergent and "only 8 of the 32 threads of block (0,0,0)" in str(divergent[0])
-    assert "thread (8,0,0) never did" in str(divergent[0])
-
-
-@sim_only
-def test_a_correct_kernel_reports_nothing_and_traced_results_equal_untraced():
-    x = torch.rand(50)
-    plain, traced = torch.zeros(2), torch.zeros(2)
-    block_sum[2, 32](x, plain, True)
-    with simtrace.record() as rec:
-        block_sum[2, 32](x, traced, True)
-    assert rec.findings() == []
-    assert len(rec.launches) == 1 and rec.launches[0].grid == (2, 1, 1)
-    assert torch.equal(plain, traced)
-    torch.testing.assert_close(traced, torch.stack([x[:32].sum(), x[32:].sum()]))
-
-
-def test_recording_is_off_outside_the_block():
-    with simtrace.record() as rec:
-        assert simtrace.recording_active() == gpulab.SIMULATOR
-    assert not simtrace.recording_active()
-    assert rec.enabled == gpulab.SIMULATOR
-
 
 # ------------------------------------------------------------------ the engine
 
