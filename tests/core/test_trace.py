@@ -141,7 +141,7 @@ def test_a_plain_histogram_races_and_an_atomic_one_does_not():
     (race, *_) = t.races()
     assert race.array == "out" and race.index == (0,)
     # the kernel, both threads and their block(s) are named
-    assert re.match(r"plain_histogram: threads? \(\d,0,0\)( of block \(\d,0,0\))? and (thread )?"
+    assert re.match(r"plain_histogram: threads? \(\d+,0,0\)( of block \(\d,0,0\))? and (thread )?"
                     r"\(\d+,0,0\) of block \(\d,0,0\) ", str(race)), str(race)
     assert str(race).endswith("both wrote out[0] without an atomic")
     with gpulab.trace() as t:
