@@ -35,6 +35,7 @@ import torch
 from numba import cuda, float32, int32
 
 from .. import runtime
+from ..gemm.tiling import RegisterTiling, make_core
 from ..launch import kernel
 from . import torch_impl as ref
 from .torch_impl import Permutation, Routing
@@ -55,29 +56,21 @@ MAX_EXPERTS = 1024
 #: threads per block of the element-wise kernels
 BLOCK = runtime.pick(32, 256)
 
-# the register-tiled grouped GEMM: a block computes a BM x BN output tile in steps of BK
-# along K; its (BM // TM) x (BN // TN) threads each own a TM x TN micro-tile. On a GPU:
-# 128 x 128 x 8 with 8 x 8 per thread = 256 threads; the simulator runs the same code with
-# 16 x 16 x 4 and 4 x 4 per thread = 16 threads.
-BM = runtime.pick(16, 128)
-BN = runtime.pick(16, 128)
-BK = runtime.pick(4, 8)
-TM = runtime.pick(4, 8)
-TN = runtime.pick(4, 8)
+# the register-tiled grouped GEMM, on the course's register-tiling core
+# (gpulab.gemm.tiling, shared with chapter 02's kernels): a block computes a BM x BN output
+# tile in steps of BK along K; its (BM // TM) x (BN // TN) threads each own a TM x TN
+# micro-tile. On a GPU: 128 x 128 x 8 with 8 x 8 per thread = 256 threads; the simulator
+# runs the same code with 16 x 16 x 4 and 4 x 4 per thread = 16 threads.
+TILING = RegisterTiling(bm=runtime.pick(16, 128), bn=runtime.pick(16, 128), bk=runtime.pick(4, 8),
+                        tm=runtime.pick(4, 8), tn=runtime.pick(4, 8))
+_core = make_core(TILING)
+BM, BN, BK, TM, TN = TILING.bm, TILING.bn, TILING.bk, TILING.tm, TILING.tn
 #: thread rows and columns of a block (thread (ty, tx) owns rows ty + i * THREADS_Y and
 #: columns tx + j * THREADS_X: interleaved, so a warp reads consecutive shared words)
-THREADS_Y = BM // TM
-THREADS_X = BN // TN
-X_SHIFT = THREADS_X.bit_length() - 1      # tid >> X_SHIFT == tid // THREADS_X
-assert THREADS_X == 1 << X_SHIFT and THREADS_Y & (THREADS_Y - 1) == 0, "thread grid sides must be powers of 2"
-GEMM_THREADS = THREADS_Y * THREADS_X
-#: elements of the A tile (BM x BK) and of the W tile (BK x BN) each thread loads per step
-A_LOADS = BM * BK // GEMM_THREADS
-W_LOADS = BK * BN // GEMM_THREADS
-#: padding of the transposed A tile's rows: the transposing stores hit distinct banks
-A_PAD = 4
-A_ROW = BM + A_PAD
-assert A_LOADS * GEMM_THREADS == BM * BK and W_LOADS * GEMM_THREADS == BK * BN
+THREADS_Y, THREADS_X = TILING.threads_y, TILING.threads_x
+GEMM_THREADS = TILING.threads
+#: floats per row of the transposed A tile (BM plus padding: the transposing stores hit distinct banks)
+A_ROW = TILING.a_row
 
 
 def _blocks(n: int, per: int) -> int:
@@ -331,10 +324,11 @@ def grouped_gemm_kernel(a, w, offsets, tile_group, tile_row_start, silu, out):
 
     The tile table has BM-row tiles (:func:`gemm_tiles`). Per step of BK along K, the 256
     threads stage a BM x BK tile of a (stored transposed: a_t[k, m]) and a BK x BN tile of
-    w[e] in shared memory, A_LOADS and W_LOADS elements each; then, for each of the BK
+    w[e] in shared memory (TILING.a_loads and .b_loads elements each); then, for each of the BK
     k's, every thread reads TM values of a column of a_t and TN values of a row of w_t
     into registers and does TM * TN multiply-adds into its accumulators (an outer product).
-    Thread (ty, tx) owns rows ty + i * THREADS_Y and columns tx + j * THREADS_X.
+    Thread (ty, tx) owns rows ty + i * THREADS_Y and columns tx + j * THREADS_X. The loads
+    and the inner loop are the course's register-tiling core (:mod:`gpulab.gemm.tiling`).
     """
     a_t = cuda.shared.array((BK, A_ROW), float32)
     w_t = cuda.shared.array((BK, BN), float32)
@@ -345,48 +339,18 @@ def grouped_gemm_kernel(a, w, offsets, tile_group, tile_row_start, silu, out):
     if g < 0:
         return                               # a spare tile: the whole block leaves
     tid = cuda.threadIdx.x
-    # Masks, not // and %: numba must treat any signed index as possibly negative (Python's
-    # a[-1]) and adds a wrap-around fix-up to every shared-memory read. A value masked
-    # with a positive constant is provably in range, so the compiler drops the fix-ups and
-    # folds each read's i * THREADS_Y offset into the load instruction: about a third
-    # fewer instructions in the inner loop, 2.5x the speed (lecture 11, section 3).
-    tx = tid & (THREADS_X - 1)
-    ty = (tid >> X_SHIFT) & (THREADS_Y - 1)
+    tx, ty = _core.thread_xy(tid)            # masks, not // and % (gpulab.gemm.tiling says why)
     row0 = tile_row_start[cuda.blockIdx.x]
     row_end = offsets[g + 1]
     col0 = cuda.blockIdx.y * BN
     K = a.shape[1]
     N = w.shape[2]
-    for i in range(TM):
-        for j in range(TN):
-            acc[i, j] = float32(0.0)
+    _core.zero(acc)
     for k0 in range(0, K, BK):
-        for s in range(A_LOADS):             # consecutive threads: consecutive k of a row
-            l = tid + s * GEMM_THREADS
-            m = l // BK
-            kk = l % BK
-            row = row0 + m
-            v = float32(0.0)
-            if row < row_end and k0 + kk < K:
-                v = a[row, k0 + kk]
-            a_t[kk, m] = v
-        for s in range(W_LOADS):             # consecutive threads: consecutive columns
-            l = tid + s * GEMM_THREADS
-            kk = l // BN
-            n = l % BN
-            v = float32(0.0)
-            if k0 + kk < K and col0 + n < N:
-                v = w[g, k0 + kk, col0 + n]
-            w_t[kk, n] = v
+        _core.load_a(a_t, a, row0, row_end, k0, K, tid)
+        _core.load_b(w_t, w, g, k0, K, col0, N, tid)
         cuda.syncthreads()
-        for kk in range(BK):
-            for i in range(TM):
-                a_reg[i] = a_t[kk, ty + i * THREADS_Y]
-            for j in range(TN):
-                w_reg[j] = w_t[kk, tx + j * THREADS_X]
-            for i in range(TM):
-                for j in range(TN):
-                    acc[i, j] += a_reg[i] * w_reg[j]
+        _core.multiply(a_t, w_t, a_reg, w_reg, acc, tx, ty)
         cuda.syncthreads()                   # done reading before the next tiles land
     for i in range(TM):
         row = row0 + ty + i * THREADS_Y
