@@ -110,3 +110,38 @@ def test_gpu_resources_of_the_ladder():
     regs = R.get_regs_per_thread(fn, args)
     assert 32 <= regs <= 255
     assert R.get_shared_mem_per_block(fn, args) == K.REGTILE_2D.shared_bytes
+
+
+def _ptx_counts(ptx: str) -> dict:
+    """Instructions of a PTX listing by opcode (what the move must not change)."""
+    counts = {}
+    for line in ptx.splitlines():
+        word = line.strip().split(" ")[0].split("\t")[0]
+        if word and not word.startswith(("//", ".", "{", "}", "$", "@")) and not word.endswith(":"):
+            counts[word] = counts.get(word, 0) + 1
+    return counts
+
+
+@pytest.mark.gpu
+def test_gpu_chapter_11_kernel_compiles_as_before_the_move():
+    """The grouped GEMM built on the core compiles to the instructions of the kernel the
+    H200 timed before the move (kept verbatim in moe_kernel_before_move.py)."""
+    import importlib.util
+    from pathlib import Path
+
+    from gpulab.moe import kernels as moe
+    spec = importlib.util.spec_from_file_location("moe_before", Path(__file__).with_name("moe_kernel_before_move.py"))
+    before = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(before)
+    assert (before.BM, before.BN, before.BK, before.TM, before.TN) == (moe.BM, moe.BN, moe.BK, moe.TM, moe.TN)
+    from numba import types
+    f32_2d, i32 = types.float32[:, ::1], types.int32[::1]
+    sig = (f32_2d, types.float32[:, :, ::1], i32, i32, i32, types.boolean, f32_2d)
+    counts = {}
+    for label, k in (("before", before.grouped_gemm_kernel), ("now", moe.grouped_gemm_kernel)):
+        k.dispatcher.compile(sig)
+        counts[label] = _ptx_counts(k.dispatcher.inspect_asm(sig))
+    for op in ("fma.rn.f32", "ld.shared.f32", "st.shared.f32", "bar.sync", "ld.global.f32"):
+        assert counts["now"].get(op, 0) == counts["before"].get(op, 0), (op, counts)
+    total_before, total_now = sum(counts["before"].values()), sum(counts["now"].values())
+    assert abs(total_now - total_before) <= 0.02 * total_before, (total_before, total_now)
