@@ -1,0 +1,22 @@
+"""Chapter 07: splatting primitives and shading, on chapter 06's rasterizer.
+
+* 4D Gaussians sliced in time (4D Rotor Gaussian Splatting, arXiv:2402.03307; the
+  two-quaternion 4DGS of arXiv:2310.10642): :func:`slice_4d` -> a 3D Gaussian + temporal opacity;
+* triangles with Triangle Splatting's window (arXiv:2505.19175): :data:`TRIANGLE`;
+* smooth convexes (3D Convex Splatting, arXiv:2411.14974): :data:`CONVEX`;
+* a G-buffer composited as channels and direct PBR shading (GI-GS, arXiv:2410.02619).
+
+:mod:`.torch_impl` is the specification, :mod:`.kernels` its numba twin (same names and
+signatures), :mod:`.footprints` the two new footprints, :mod:`.render` whole frames.
+"""
+from . import constants, footprints, kernels, render, torch_impl
+from .footprints import CONVEX, TRIANGLE, convex_alpha, convex_alpha_device, triangle_alpha, triangle_alpha_device
+from .render import (Frame, Gaussians4D, gbuffer_features, project_points, render_4d, render_convexes,
+                     render_gbuffer, render_triangles, resolve_gbuffer, stages_for)
+from .torch_impl import convex_hull, covariance_4d, plane_rotation_4d, rotation_4d
+
+__all__ = ["constants", "footprints", "kernels", "render", "torch_impl", "CONVEX", "TRIANGLE", "convex_alpha",
+           "convex_alpha_device", "triangle_alpha", "triangle_alpha_device", "Frame", "Gaussians4D",
+           "gbuffer_features", "project_points", "render_4d", "render_convexes", "render_gbuffer",
+           "render_triangles", "resolve_gbuffer", "stages_for", "convex_hull", "covariance_4d",
+           "plane_rotation_4d", "rotation_4d"]

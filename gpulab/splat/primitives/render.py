@@ -1,0 +1,172 @@
+"""Whole frames of chapter 07's primitives: setup (this chapter) + chapter 06's back half.
+
+    out = render_4d(scene4d, camera, t)                        # a dynamic scene at time t
+    out = render_triangles(verts, colours, sigmas, opacities, camera)
+    out = render_convexes(points, colours, deltas, sigmas, opacities, camera)
+    gbuf, alpha = resolve_gbuffer(*render_gbuffer(scene, camera, albedo, roughness, metallic)[:2])
+    rgb = backend.shade_pbr(gbuf, alpha, light_dir, light_rgb, camera.fx, camera.fy, camera.cx, camera.cy)
+
+``backend`` is "torch" (the specification, differentiable), "numba" (the kernels) or "auto"
+(numba on a GPU). Only the setup differs per primitive; binning, sorting and compositing are
+:func:`gpulab.splat.rasterize` with the primitive's :class:`~gpulab.splat.Footprint`.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from .. import render as splat_render
+from ..footprints import GAUSSIAN, gaussian_params
+from ..render import Gaussians, rasterize
+from ..torch_impl import quat_to_rotmat
+from . import kernels, torch_impl
+from .footprints import CONVEX, TRIANGLE
+
+__all__ = ["Gaussians4D", "Frame", "stages_for", "project_points", "render_4d", "render_triangles",
+           "render_convexes", "gbuffer_features", "render_gbuffer", "resolve_gbuffer"]
+
+
+@dataclass
+class Gaussians4D:
+    """N space-time Gaussians: means (x, y, z, t) [N, 4], covariances [N, 4, 4], opacities [N], colours [N, C]."""
+    means4: torch.Tensor
+    cov4: torch.Tensor
+    opacities: torch.Tensor
+    colors: torch.Tensor
+
+    def __post_init__(self):
+        n = self.means4.shape[0] if self.means4.dim() == 2 else -1
+        for name, want in (("means4", (n, 4)), ("cov4", (n, 4, 4)), ("opacities", (n,))):
+            got = tuple(getattr(self, name).shape)
+            if got != want:
+                raise ValueError(f"Gaussians4D.{name} must have shape {want}, got {got}")
+        if self.colors.dim() != 2 or self.colors.shape[0] != n:
+            raise ValueError(f"Gaussians4D.colors must have shape [N, C], got {tuple(self.colors.shape)}")
+
+    def __len__(self) -> int:
+        return self.means4.shape[0]
+
+
+@dataclass
+class Frame:
+    """What a render returns: the image [H, W, C], the transmittance [H, W] and the table used."""
+    image: torch.Tensor
+    transmittance: torch.Tensor
+    params: torch.Tensor
+    means2d: torch.Tensor
+    radii: torch.Tensor
+    ranges: torch.Tensor
+    backend: str
+
+
+def stages_for(backend: str):
+    """(this chapter's setup module, the backend name rasterize gets) for ``backend``."""
+    module = splat_render.backend_module(backend)           # validates the name
+    if module is splat_render.kernels:
+        return kernels, "numba"
+    return torch_impl, "torch"
+
+
+def project_points(points: torch.Tensor, camera):
+    """Pixel coordinates [..., 2] and view depths [...] of world points [..., 3] (pinhole)."""
+    view = camera.viewmat.to(device=points.device, dtype=points.dtype)
+    p = points @ view[:3, :3].T + view[:3, 3]
+    z = p[..., 2]
+    z_safe = torch.where(z > 1e-6, z, torch.ones_like(z))
+    xy = torch.stack([camera.fx * p[..., 0] / z_safe + camera.cx, camera.fy * p[..., 1] / z_safe + camera.cy], -1)
+    return xy, z
+
+
+def _frame(params, features, means2d, radii, depths, camera, footprint, name, background):
+    image, trans, (_, _, ranges) = rasterize(params, features, means2d, radii, depths, camera.width, camera.height,
+                                             background, footprint, name)
+    return Frame(image, trans, params, means2d, radii, ranges, name)
+
+
+def render_4d(scene: Gaussians4D, camera, t: float, backend: str = "auto", background=None) -> Frame:
+    """Slice the space-time Gaussians at time ``t``, project, bin and composite (Gaussian footprint)."""
+    if not isinstance(scene, Gaussians4D):
+        raise TypeError(f"render_4d takes a Gaussians4D scene, got {type(scene).__name__}")
+    stages, name = stages_for(backend)
+    means3, cov3, opacities_t = stages.slice_4d(scene.means4, scene.cov4, scene.opacities, t)
+    proj = stages.project_covariances(means3, cov3, camera)
+    ch06 = splat_render.kernels if name == "numba" else splat_render.torch_impl
+    extents = ch06.tile_extents(proj.conics.detach(), opacities_t.detach(), proj.radii)
+    params = gaussian_params(proj.means2d, proj.conics, opacities_t)
+    return _frame(params, scene.colors, proj.means2d, extents, proj.depths, camera, GAUSSIAN, name, background)
+
+
+def _visible_depths(z: torch.Tensor, camera):
+    """Each primitive's sort depth (the mean of its points') and whether all its points are in front."""
+    return z.mean(-1), (z > camera.near).all(-1)
+
+
+def render_triangles(verts: torch.Tensor, colors: torch.Tensor, sigmas: torch.Tensor, opacities: torch.Tensor,
+                     camera, backend: str = "auto", background=None) -> Frame:
+    """Render world-space triangles ``verts`` [N, 3, 3] with Triangle Splatting's window."""
+    if verts.dim() != 3 or verts.shape[1:] != (3, 3):
+        raise ValueError(f"render_triangles: verts must have shape [N, 3, 3], got {list(verts.shape)}")
+    stages, name = stages_for(backend)
+    xy, z = project_points(verts, camera)
+    depths, in_front = _visible_depths(z, camera)
+    params, means2d, radii = stages.triangle_setup(xy.contiguous(), sigmas, opacities, camera.width, camera.height)
+    radii = torch.where(in_front[:, None], radii, torch.zeros_like(radii))
+    return _frame(params, colors, means2d, radii, depths, camera, TRIANGLE, name, background)
+
+
+def render_convexes(points: torch.Tensor, colors: torch.Tensor, deltas: torch.Tensor, sigmas: torch.Tensor,
+                    opacities: torch.Tensor, camera, backend: str = "auto", background=None) -> Frame:
+    """Render world-space smooth convexes (``points`` [N, K <= 8, 3]) with 3D Convex Splatting's window."""
+    if points.dim() != 3 or points.shape[2] != 3:
+        raise ValueError(f"render_convexes: points must have shape [N, K, 3], got {list(points.shape)}")
+    stages, name = stages_for(backend)
+    xy, z = project_points(points, camera)
+    centre_xy, centre_z = project_points(points.mean(1), camera)
+    _, in_front = _visible_depths(z, camera)
+    params, means2d, radii = stages.convex_setup(xy.contiguous(), centre_z.contiguous(), deltas, sigmas, opacities,
+                                                 camera.width, camera.height)
+    radii = torch.where(in_front[:, None], radii, torch.zeros_like(radii))
+    return _frame(params, colors, means2d, radii, centre_z, camera, CONVEX, name, background)
+
+
+# ------------------------------------------------------------------ G-buffer
+
+def gbuffer_features(depths, normals, albedo, roughness, metallic) -> torch.Tensor:
+    """Per-primitive G-buffer channels [N, 9]: depth, normal (3), albedo (3), roughness, metallic."""
+    return torch.cat([depths[:, None], normals, albedo, roughness[:, None], metallic[:, None]], -1).contiguous()
+
+
+def render_gbuffer(scene: Gaussians, camera, albedo: torch.Tensor, roughness: torch.Tensor, metallic: torch.Tensor,
+                   backend: str = "auto"):
+    """Composite a Gaussian scene's G-buffer (GI-GS's deferred pass): (channels [H, W, 9], transmittance).
+
+    Each Gaussian's normal is its shortest axis (the rotation's column of the smallest scale),
+    turned to face the camera, in camera space; its depth is its view-space z.
+    """
+    rot = quat_to_rotmat(scene.quats)
+    axis = torch.argmin(scene.scales, -1)
+    normal = torch.gather(rot, 2, axis[:, None, None].expand(-1, 3, 1))[..., 0]
+    view = camera.viewmat.to(device=scene.means.device, dtype=scene.means.dtype)
+    normal_cam = normal @ view[:3, :3].T
+    cam_pos = scene.means @ view[:3, :3].T + view[:3, 3]
+    facing = torch.where(((normal_cam * cam_pos).sum(-1) > 0)[:, None], -normal_cam, normal_cam)
+    features = gbuffer_features(cam_pos[:, 2], facing, albedo, roughness, metallic)
+    out = splat_render.render(scene, camera, backend=backend, features=features)
+    return out.image, out.transmittance
+
+
+def resolve_gbuffer(channels: torch.Tensor, transmittance: torch.Tensor, eps: float = 1e-4):
+    """Un-premultiply the composited channels and renormalise the normal: (gbuffer [H, W, 9], alpha [H, W]).
+
+    Compositing sums ``weight * value``; dividing by the coverage ``alpha = 1 - T`` gives the
+    weighted mean (pixels with alpha < eps get zeros and alpha 0).
+    """
+    alpha = 1.0 - transmittance
+    covered = alpha > eps
+    mean = channels / torch.where(covered, alpha, torch.ones_like(alpha))[..., None]
+    normal = mean[..., 1:4]
+    normal = normal / normal.norm(dim=-1, keepdim=True).clamp_min(1e-12)
+    gbuf = torch.cat([mean[..., :1], normal, mean[..., 4:]], -1)
+    gbuf = torch.where(covered[..., None], gbuf, torch.zeros_like(gbuf))
+    return gbuf.contiguous(), torch.where(covered, alpha, torch.zeros_like(alpha)).contiguous()
