@@ -5,8 +5,7 @@ launch runs.
   dispatcher methods of the same names): on a GPU only, the simulator compiles nothing.
   ``shared_bytes_of`` is what the kernel declares, known without compiling.
 - Blocks per SM come from chapter 01's occupancy calculator (``gpulab.arch.occupancy``):
-  the course has one calculator, not two. :func:`blocks_per_sm` is the one place that calls
-  it; while chapter 01 is not in the tree it says so instead of guessing.
+  the course has one calculator, not two. :func:`blocks_per_sm` is the one place that calls it.
 - ``waves(tiles, sms, blocks_per_sm)``: a launch of ``tiles`` blocks runs in
   ceil(tiles / (sms * blocks_per_sm)) rounds; the last one may be mostly idle (the "tail").
 """
@@ -18,6 +17,7 @@ from dataclasses import dataclass
 import torch
 
 from .. import runtime
+from ..arch.occupancy import occupancy as chapter01_occupancy
 from .tiling import RegisterTiling
 
 __all__ = ["H200_SMS", "KernelResources", "get_regs_per_thread", "get_shared_mem_per_block",
@@ -66,28 +66,13 @@ def shared_bytes_of(name: str, tile: int = 16, cfg: RegisterTiling | None = None
 
 def blocks_per_sm(threads_per_block: int, registers_per_thread: int | None,
                   shared_bytes_per_block: int) -> tuple[int | None, str]:
-    """(blocks per SM, the limiting resource) from chapter 01's occupancy calculator.
-
-    The one call into ``gpulab.arch.occupancy`` (H200 limits by default). Returns
-    (None, reason) while that calculator is not in the tree or the registers are unknown.
-    """
+    """(blocks per SM, the limiting resource) from chapter 01's occupancy calculator
+    (:func:`gpulab.arch.occupancy.occupancy`, H200 limits): the one call into it.
+    (None, why) while the registers are unknown (under the simulator)."""
     if registers_per_thread is None:
         return None, "registers unknown (a GPU compiles the kernel)"
-    try:
-        from ..arch import occupancy as chapter01   # noqa: PLC0415 (chapter 01, optional until built)
-    except ImportError:
-        return None, "chapter 01's occupancy calculator (gpulab.arch.occupancy) is not in this tree yet"
-    result = chapter01.occupancy(threads_per_block, registers_per_thread, shared_bytes_per_block)
-    return _blocks_and_limit(result)
-
-
-def _blocks_and_limit(result) -> tuple[int, str]:
-    """Chapter 01's answer as (blocks, limiter), whether it is a tuple, a dict or an object."""
-    if isinstance(result, tuple):
-        return int(result[0]), str(result[1])
-    if isinstance(result, dict):
-        return int(result["blocks_per_sm"]), str(result.get("limiter", result.get("limit", "")))
-    return int(result.blocks_per_sm), str(getattr(result, "limiter", getattr(result, "limit", "")))
+    result = chapter01_occupancy(threads_per_block, registers_per_thread, shared_bytes_per_block)
+    return int(result.blocks_per_sm), str(result.limited_by)
 
 
 def waves(tiles: int, sms: int, blocks_per_sm: int) -> int:
