@@ -1,0 +1,127 @@
+"""Read the control bits out of SASS (Volta and later, Hopper included).
+
+Every SASS instruction since Volta is 128 bits. ``cuobjdump -sass`` and ``nvdisasm`` print
+each as its text and two 64-bit words in comments; the control bits sit in the top 23 bits
+of the second (high) word, bits 105-127 of the instruction (as decoded by Jia et al.,
+"Dissecting the NVIDIA Volta GPU Architecture via Microbenchmarking", and the CuAssembler
+and turingas assemblers):
+
+    bits of (high word >> 41):  reuse(4) | wait mask(6) | read SB(3) | write SB(3) | yield(1) | stall(4)
+                                 17-20       11-16          8-10          5-7         4          0-3
+
+A dependence-counter field of 7 means none. The yield bit is stored inverted: 0 asks the
+scheduler to yield (CuAssembler prints ``Y`` for it). :func:`parse_sass` turns a listing into
+:class:`gpulab.arch.issue_model.Instr` rows the issue model runs; :func:`sass_of` asks the
+tools on a GPU machine for a numba kernel's SASS (``nvdisasm`` through numba, or
+``cuobjdump`` on its cubin), whichever is there.
+"""
+from __future__ import annotations
+
+import re
+import shutil
+import subprocess
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+from .issue_model import Instr, _instr_from_asm
+
+__all__ = ["Control", "decode_control", "encode_control", "parse_sass", "sass_of", "format_control"]
+
+NO_BARRIER = 7
+
+
+@dataclass(frozen=True)
+class Control:
+    stall: int
+    yield_: bool
+    write_sb: int | None
+    read_sb: int | None
+    wait_mask: int
+    reuse: int          # bit k: source operand slot k is kept in the register file cache
+
+
+def decode_control(high_word: int) -> Control:
+    """The control bits of one instruction from its high 64-bit word."""
+    if not 0 <= high_word < 1 << 64:
+        raise ValueError(f"a SASS word has 64 bits, got {high_word:#x}")
+    c = high_word >> 41
+    write_sb, read_sb = (c >> 5) & 7, (c >> 8) & 7
+    return Control(stall=c & 0xF, yield_=((c >> 4) & 1) == 0,
+                   write_sb=None if write_sb == NO_BARRIER else write_sb,
+                   read_sb=None if read_sb == NO_BARRIER else read_sb,
+                   wait_mask=(c >> 11) & 0x3F, reuse=(c >> 17) & 0xF)
+
+
+def encode_control(ctrl: Control, low_bits: int = 0) -> int:
+    """The high word with ``ctrl`` in its top bits (``low_bits``: the opcode bits below 41)."""
+    if not 0 <= ctrl.stall <= 15 or not 0 <= ctrl.wait_mask < 64 or not 0 <= ctrl.reuse < 16:
+        raise ValueError(f"control field out of range: {ctrl}")
+    c = (ctrl.stall | (0 if ctrl.yield_ else 1) << 4
+         | (NO_BARRIER if ctrl.write_sb is None else ctrl.write_sb) << 5
+         | (NO_BARRIER if ctrl.read_sb is None else ctrl.read_sb) << 8
+         | ctrl.wait_mask << 11 | ctrl.reuse << 17)
+    return c << 41 | (low_bits & ((1 << 41) - 1))
+
+
+def format_control(ctrl: Control) -> str:
+    """CuAssembler's notation, e.g. ``B0-----:R-:W2:Y:S04``."""
+    wait = "".join(str(k) if ctrl.wait_mask >> k & 1 else "-" for k in range(6))
+    r = "-" if ctrl.read_sb is None else str(ctrl.read_sb)
+    w = "-" if ctrl.write_sb is None else str(ctrl.write_sb)
+    return f"B{wait}:R{r}:W{w}:{'Y' if ctrl.yield_ else '-'}:S{ctrl.stall:02d}"
+
+
+_LINE = re.compile(r"/\*([0-9a-f]{4,})\*/\s+(.*?);\s*/\*\s*(0x[0-9a-f]{16})\s*\*/", re.I)
+_WORD = re.compile(r"^\s*/\*\s*(0x[0-9a-f]{16})\s*\*/\s*$", re.I)
+
+
+def parse_sass(listing: str, latencies: dict | None = None) -> list[Instr]:
+    """Instructions of a ``cuobjdump -sass`` / ``nvdisasm -hex`` listing, with their decoded
+    control bits. ``latencies``: op -> cycles for variable-latency producers (those that set
+    a write counter), e.g. the chase's measured load latency."""
+    latencies = latencies or {}
+    program, pending = [], None
+    for line in listing.splitlines():
+        m = _LINE.search(line)
+        if m:
+            pending = (int(m.group(1), 16), m.group(2).strip(), int(m.group(3), 16))
+            continue
+        w = _WORD.match(line)
+        if w and pending is not None:
+            _, asm, _low = pending
+            ctrl = decode_control(int(w.group(1), 16))
+            base = _instr_from_asm(asm)
+            reuse = tuple(bool(ctrl.reuse >> k & 1) for k in range(len(base.src)))
+            latency = latencies.get(base.op) if ctrl.write_sb is not None else None
+            program.append(Instr(base.op, base.dst, base.src, stall=ctrl.stall, yield_=ctrl.yield_,
+                                 write_sb=ctrl.write_sb, read_sb=ctrl.read_sb, wait_mask=ctrl.wait_mask,
+                                 reuse=reuse, latency=latency, text=f"{asm} [{format_control(ctrl)}]"))
+            pending = None
+    return program
+
+
+def sass_of(kernel, signature) -> tuple[str, str]:
+    """(SASS listing, the tool that produced it) for a ``gpulab.kernel`` compiled for
+    ``signature`` on this GPU: numba's ``inspect_sass`` (nvdisasm), else ``cuobjdump -sass``
+    on the cubin. Raises RuntimeError naming what was tried when neither is installed."""
+    dispatcher = getattr(kernel, "dispatcher", kernel)
+    compiled = dispatcher.compile(tuple(signature))
+    tried = []
+    try:
+        return compiled.inspect_sass(), "nvdisasm (numba inspect_sass)"
+    except Exception as e:  # noqa: BLE001  (which tools a machine has varies; say what failed)
+        tried.append(f"nvdisasm via numba: {type(e).__name__}: {e}")
+    tool = shutil.which("cuobjdump")
+    if tool:
+        cubin = compiled._codelibrary.get_cubin()
+        with tempfile.TemporaryDirectory() as d:
+            path = Path(d) / "kernel.cubin"
+            path.write_bytes(cubin)
+            done = subprocess.run([tool, "-sass", str(path)], capture_output=True, text=True, timeout=60)
+        if done.returncode == 0:
+            return done.stdout, "cuobjdump -sass"
+        tried.append(f"cuobjdump: {done.stderr.strip()[:200]}")
+    else:
+        tried.append("cuobjdump: not on PATH")
+    raise RuntimeError("no SASS disassembler found: " + "; ".join(tried))
