@@ -121,7 +121,7 @@ CHAPTERS: tuple[Chapter, ...] = (
         _p("Analyzing Modern NVIDIA GPU cores", "2503.20481"))),
     Chapter("02", "gemm", "gemm", "GEMM: tiling, occupancy, performance and energy models", (
         _p("Understanding GEMM Performance and Energy on NVIDIA Ada Lovelace: "
-           "A Machine Learning-Based Analytical Approach", "2411.16954"),)),
+           "A Machine Learning-Based Analytical Approach", "2411.16954"),), status=BUILT, extra_families=("arch",)),
     Chapter("03", "kernel_fusion", "fusion", "Kernel fusion", (
         _p("The Fused Kernel Library: A C++ API to Develop Highly-Efficient GPU Libraries", "2508.07071"),
         _p("Hardware Acceleration of Neural Graphics", "2303.05735")), status=READY),

@@ -167,6 +167,7 @@ def test_ready_chapter_results_hold_gpu_date_and_headline(ch):
 TWINS = {
     "splat": ("gpulab.splat.torch_impl", "gpulab.splat.kernels"),
     "moe": ("gpulab.moe.torch_impl", "gpulab.moe.kernels"),
+    "gemm": ("gpulab.gemm.torch_impl", "gpulab.gemm.kernels"),
 }
 # parameters one twin adds after the shared ones: knobs of that implementation (output
 # buffers, tiling, validation switches), keyword-only in spirit, each with a default
@@ -175,6 +176,7 @@ TWIN_EXTRAS = {
     ("gpulab.moe.kernels", "grouped_gemm"): {"out", "tiles"},
     ("gpulab.moe.kernels", "moe_ffn"): {"validate", "gemm"},
     ("gpulab.moe.kernels", "permute"): {"validate"},
+    ("gpulab.gemm.kernels", "gemm"): {"kernel", "tile", "out"},
 }
 
 
