@@ -208,6 +208,9 @@ TWIN_ONLY = {
         "moe_ffn_fused": "the persistent fused kernel, a numba-only variant of moe_ffn",
         "persistent_blocks": "the fused kernel's launch geometry",
     },
+    "gpulab.gemm.kernels": {
+        "launch_config": "a ladder kernel's launch geometry (grid, block)",
+    },
 }
 
 
