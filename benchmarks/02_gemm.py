@@ -88,12 +88,12 @@ def _resources(name, tile, a, b, out):
     args = (a, b.view(1, *b.shape) if grouped else b, out, 1.0, 0.0, out)
     threads = block if isinstance(block, int) else math.prod(block)
     regs = R.get_regs_per_thread(fn, args)
-    sig = R._signature(fn, args)
-    compiled = fn.dispatcher.compile(sig)
+    shared = R.get_shared_mem_per_block(fn, args)
+    compiled = R.compiled_kernel(fn, args)
     sms = R.H200_SMS
     per_sm = compiled.max_cooperative_grid_blocks(threads) // sms
-    calc, limiter = R.blocks_per_sm(threads, regs, R.get_shared_mem_per_block(fn, args))
-    return {"threads": threads, "registers": regs, "shared_bytes": R.get_shared_mem_per_block(fn, args),
+    calc, limiter = R.blocks_per_sm(threads, regs, shared)
+    return {"threads": threads, "registers": regs, "shared_bytes": shared,
             "blocks_per_sm": per_sm, "blocks_per_sm_ch01": calc, "limiter_ch01": limiter,
             "occupancy": per_sm * threads / 2048, "tiles": math.prod(grid),
             "waves": R.waves(math.prod(grid), sms, max(1, per_sm))}

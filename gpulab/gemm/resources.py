@@ -20,37 +20,38 @@ from .. import runtime
 from ..arch.occupancy import occupancy as chapter01_occupancy
 from .tiling import RegisterTiling
 
-__all__ = ["H200_SMS", "KernelResources", "get_regs_per_thread", "get_shared_mem_per_block",
+__all__ = ["H200_SMS", "KernelResources", "compiled_kernel", "signature_of", "get_regs_per_thread",
+           "get_shared_mem_per_block",
            "shared_bytes_of", "blocks_per_sm", "waves", "resources_of"]
 
 #: streaming multiprocessors of an H200 (SXM, 141 GB)
 H200_SMS = 132
 
 
-def _signature(kern, args) -> tuple:
+def signature_of(kern, args) -> tuple:
     """numba types of a launch's arguments (torch tensors as device arrays)."""
     from numba.cuda import as_cuda_array
     return tuple(kern.dispatcher.typeof_pyval(as_cuda_array(a) if isinstance(a, torch.Tensor) else a)
                  for a in args)
 
 
+def compiled_kernel(kern, args):
+    """The kernel compiled for a launch's arguments (numba's _Kernel: its registers,
+    shared and local memory are properties of it)."""
+    if not runtime.ON_GPU:
+        raise RuntimeError("registers and compiled shared memory are known only on a GPU: the simulator "
+                           "compiles nothing (shared_bytes_of gives what a kernel declares)")
+    return kern.dispatcher.compile(signature_of(kern, args))
+
+
 def get_regs_per_thread(kern, args) -> int:
     """Registers per thread of ``kern`` compiled for ``args`` (a launch's arguments)."""
-    if not runtime.ON_GPU:
-        raise RuntimeError("registers per thread are known only on a GPU: the simulator compiles nothing")
-    sig = _signature(kern, args)
-    kern.dispatcher.compile(sig)
-    return int(kern.dispatcher.get_regs_per_thread(sig))
+    return int(compiled_kernel(kern, args).regs_per_thread)
 
 
 def get_shared_mem_per_block(kern, args) -> int:
     """Static shared memory per block (bytes) of ``kern`` compiled for ``args``."""
-    if not runtime.ON_GPU:
-        raise RuntimeError("compiled shared memory is known only on a GPU; shared_bytes_of gives "
-                           "what the kernel declares")
-    sig = _signature(kern, args)
-    kern.dispatcher.compile(sig)
-    return int(kern.dispatcher.get_shared_mem_per_block(sig))
+    return int(compiled_kernel(kern, args).shared_mem_per_block)
 
 
 def shared_bytes_of(name: str, tile: int = 16, cfg: RegisterTiling | None = None) -> int:
