@@ -16,9 +16,11 @@ from dataclasses import dataclass
 
 import torch
 
-from .. import render as splat_render
+from .. import kernels as ch06_kernels
+from .. import torch_impl as ch06_torch
 from ..footprints import GAUSSIAN, gaussian_params
-from ..render import Gaussians, rasterize
+from ..render import Gaussians, backend_module, rasterize
+from ..render import render as render_3dgs
 from ..torch_impl import quat_to_rotmat
 from . import kernels, torch_impl
 from .footprints import CONVEX, TRIANGLE
@@ -62,8 +64,8 @@ class Frame:
 
 def stages_for(backend: str):
     """(this chapter's setup module, the backend name rasterize gets) for ``backend``."""
-    module = splat_render.backend_module(backend)           # validates the name
-    if module is splat_render.kernels:
+    module = backend_module(backend)                        # validates the name
+    if module is ch06_kernels:
         return kernels, "numba"
     return torch_impl, "torch"
 
@@ -91,7 +93,7 @@ def render_4d(scene: Gaussians4D, camera, t: float, backend: str = "auto", backg
     stages, name = stages_for(backend)
     means3, cov3, opacities_t = stages.slice_4d(scene.means4, scene.cov4, scene.opacities, t)
     proj = stages.project_covariances(means3, cov3, camera)
-    ch06 = splat_render.kernels if name == "numba" else splat_render.torch_impl
+    ch06 = ch06_kernels if name == "numba" else ch06_torch
     extents = ch06.tile_extents(proj.conics.detach(), opacities_t.detach(), proj.radii)
     params = gaussian_params(proj.means2d, proj.conics, opacities_t)
     return _frame(params, scene.colors, proj.means2d, extents, proj.depths, camera, GAUSSIAN, name, background)
@@ -152,7 +154,7 @@ def render_gbuffer(scene: Gaussians, camera, albedo: torch.Tensor, roughness: to
     cam_pos = scene.means @ view[:3, :3].T + view[:3, 3]
     facing = torch.where(((normal_cam * cam_pos).sum(-1) > 0)[:, None], -normal_cam, normal_cam)
     features = gbuffer_features(cam_pos[:, 2], facing, albedo, roughness, metallic)
-    out = splat_render.render(scene, camera, backend=backend, features=features)
+    out = render_3dgs(scene, camera, backend=backend, features=features)
     return out.image, out.transmittance
 
 
