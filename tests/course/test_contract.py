@@ -168,6 +168,7 @@ TWINS = {
     "splat": ("gpulab.splat.torch_impl", "gpulab.splat.kernels"),
     "moe": ("gpulab.moe.torch_impl", "gpulab.moe.kernels"),
     "gemm": ("gpulab.gemm.torch_impl", "gpulab.gemm.kernels"),
+    "nerf": ("gpulab.nerf.torch_impl", "gpulab.nerf.kernels"),
 }
 # parameters one twin adds after the shared ones: knobs of that implementation (output
 # buffers, tiling, validation switches), keyword-only in spirit, each with a default
