@@ -26,7 +26,7 @@ from pathlib import Path
 
 from .issue_model import Instr, _instr_from_asm
 
-__all__ = ["Control", "decode_control", "encode_control", "parse_sass", "sass_of", "format_control"]
+__all__ = ["Control", "decode_control", "encode_control", "parse_sass", "sass_of", "format_control", "loop_body"]
 
 NO_BARRIER = 7
 
@@ -125,3 +125,42 @@ def sass_of(kernel, signature) -> tuple[str, str]:
     else:
         tried.append("cuobjdump: not on PATH")
     raise RuntimeError("no SASS disassembler found: " + "; ".join(tried))
+
+
+
+_LABEL = re.compile(r"^\s*(\.L_x_\d+):", re.M)
+
+
+def loop_body(listing: str, latencies: dict | None = None, op: str = "FFMA") -> list[Instr]:
+    """The instructions of the loop with the most ``op`` instructions: from a backward
+    branch's target to the branch, with their control bits. cuobjdump writes the target as
+    an address (``BRA 0x1f0``), nvdisasm as a label (``BRA `(.L_x_1)``, the label on the line
+    before its instruction). Empty if the listing has no backward branch."""
+    decoded = parse_sass(listing, latencies)
+    addresses, labels, pending = [], {}, []
+    for line in listing.splitlines():
+        label = _LABEL.match(line)
+        if label:
+            pending.append(label.group(1))
+            continue
+        m = _LINE.search(line)
+        if m:
+            addresses.append(int(m.group(1), 16))
+            for name in pending:
+                labels[name] = addresses[-1]
+            pending = []
+    addresses = addresses[:len(decoded)]
+    best: list[Instr] = []
+    for k, ins in enumerate(decoded):
+        if ins.op != "BRA":
+            continue
+        target = re.search(r"BRA\s+(?:`\((\.L_x_\d+)\)|(0x[0-9a-f]+))", ins.text, re.I)
+        if not target:
+            continue
+        start = labels.get(target.group(1)) if target.group(1) else int(target.group(2), 16)
+        if start is None or start >= addresses[k]:
+            continue
+        body = [d for d, a in zip(decoded, addresses) if start <= a <= addresses[k]]
+        if sum(d.op == op for d in body) > sum(d.op == op for d in best):
+            best = body
+    return best

@@ -157,3 +157,16 @@ def test_control_bits_decode_a_hand_written_listing():
     assert issue_cycles(r) == [0, 40] and not r.hazards
     for c in (ld, ffma):
         assert sass.decode_control(sass.encode_control(c, 0x1234)) == c
+
+
+def test_loop_body_finds_the_backward_branch():
+    plain = sass.Control(1, False, None, None, 0, 0)
+    lines = []
+    for addr, asm in ((0x00, "MOV R1, c[0x0][0x28]"), (0x10, "FFMA R5, R4, R3, R5"), (0x20, "FFMA R6, R4, R3, R6"),
+                      (0x30, "@P0 BRA 0x10"), (0x40, "EXIT")):
+        lines += [f"        /*{addr:04x}*/   {asm} ;   /* 0x0000000000000000 */", f"        {_word(plain)}"]
+    assert [i.op for i in sass.loop_body("\n".join(lines))] == ["FFMA", "FFMA", "BRA"]
+    # nvdisasm's form: a label before the target, the branch naming it
+    labelled = "\n".join(lines[:2] + [".L_x_0:"] + lines[2:6] + [lines[6].replace("BRA 0x10", "BRA `(.L_x_0)")] + lines[7:])
+    assert [i.op for i in sass.loop_body(labelled)] == ["FFMA", "FFMA", "BRA"]
+    assert sass.loop_body("\n".join(lines[:6])) == []
