@@ -334,3 +334,11 @@ def test_gpu_full_hd_numba_matches_torch(kind):
         a, b = (P.render_convexes(pts, *args, camera, backend=k) for k in ("torch", "numba"))
     assert (a.radii > 0).any()
     close(b.image, a.image, atol=2e-3, rtol=1e-3)
+
+
+@pytest.mark.parametrize("kind", P.fitting.KINDS)
+def test_fitting_a_hard_edged_target_lowers_the_error(kind):
+    target = P.fitting.hard_edged_target(16, 16)
+    fit = P.fitting.fit_2d(kind, target, n=6, steps=6)
+    assert fit.history[-1] < fit.history[0]
+    assert fit.image.shape == target.shape and math.isfinite(fit.psnr)

@@ -9,13 +9,13 @@
 :mod:`.torch_impl` is the specification, :mod:`.kernels` its numba twin (same names and
 signatures), :mod:`.footprints` the two new footprints, :mod:`.render` whole frames.
 """
-from . import constants, footprints, kernels, render, torch_impl
+from . import constants, fitting, footprints, kernels, render, torch_impl
 from .footprints import CONVEX, TRIANGLE, convex_alpha, convex_alpha_device, triangle_alpha, triangle_alpha_device
 from .render import (Frame, Gaussians4D, gbuffer_features, project_points, render_4d, render_convexes,
                      render_gbuffer, render_triangles, resolve_gbuffer, stages_for)
 from .torch_impl import convex_hull, covariance_4d, plane_rotation_4d, rotation_4d
 
-__all__ = ["constants", "footprints", "kernels", "render", "torch_impl", "CONVEX", "TRIANGLE", "convex_alpha",
+__all__ = ["constants", "fitting", "footprints", "kernels", "render", "torch_impl", "CONVEX", "TRIANGLE", "convex_alpha",
            "convex_alpha_device", "triangle_alpha", "triangle_alpha_device", "Frame", "Gaussians4D",
            "gbuffer_features", "project_points", "render_4d", "render_convexes", "render_gbuffer",
            "render_triangles", "resolve_gbuffer", "stages_for", "convex_hull", "covariance_4d",

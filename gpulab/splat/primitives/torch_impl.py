@@ -199,25 +199,27 @@ def convex_hull(points2d: torch.Tensor):
     order = torch.sort(p[..., 0], dim=1, stable=True).indices
     p = torch.gather(p, 1, order[..., None].expand(n, k, 2))
     rows = torch.arange(n, device=points2d.device)
+    slots = torch.arange(2 * k, device=points2d.device)
     stack = torch.zeros(n, 2 * k, 2, dtype=points2d.dtype, device=points2d.device)
     size = torch.zeros(n, dtype=torch.long, device=points2d.device)
 
-    def push(point, floor):
+    def push(stack, size, point, floor):
+        # out of place throughout, so the hull stays differentiable in the points
         for _ in range(k):          # at most k pops per point
             top = stack[rows, (size - 1).clamp_min(0)]
             below = stack[rows, (size - 2).clamp_min(0)]
             pop = (size >= floor + 2) & (_cross(below, top, point) <= 0)
-            size.sub_(pop.long())
-        stack[rows, size] = point
-        size.add_(1)
+            size = size - pop.long()
+        stack = torch.where((slots[None, :] == size[:, None])[..., None], point[:, None, :], stack)
+        return stack, size + 1
 
     for i in range(k):                              # lower hull, left to right
-        push(p[:, i], 0)
+        stack, size = push(stack, size, p[:, i], 0)
     lower = size.clone()
     for i in range(k - 2, -1, -1):                  # upper hull, right to left
-        push(p[:, i], lower - 1)
+        stack, size = push(stack, size, p[:, i], lower - 1)
     size = size - 1                                 # the first point closes the chain again
-    keep = torch.arange(2 * k, device=points2d.device)[None, :] < size[:, None]
+    keep = slots[None, :] < size[:, None]
     hull = torch.where(keep[..., None], stack, torch.zeros_like(stack))[:, :k]
     return hull, size.clamp_max(k)
 
