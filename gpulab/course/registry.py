@@ -118,7 +118,7 @@ CHAPTERS: tuple[Chapter, ...] = (
             status=READY, benchmark_stem="00_launch_overhead"),
     Chapter("01", "gpu_architecture", "arch", "GPU architecture by microbenchmark", (
         _p("Benchmarking and Dissecting the Nvidia Hopper GPU Architecture", "2402.13499"),
-        _p("Analyzing Modern NVIDIA GPU cores", "2503.20481"))),
+        _p("Analyzing Modern NVIDIA GPU cores", "2503.20481")), status=BUILT),
     Chapter("02", "gemm", "gemm", "GEMM: tiling, occupancy, performance and energy models", (
         _p("Understanding GEMM Performance and Energy on NVIDIA Ada Lovelace: "
            "A Machine Learning-Based Analytical Approach", "2411.16954"),), status=BUILT, extra_families=("arch",)),

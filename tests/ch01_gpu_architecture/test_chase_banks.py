@@ -25,14 +25,18 @@ def test_chase_kernel_visits_every_line_once():
     lines = 13                                        # not a multiple of anything
     array = chase.chase_array(lines * 128, generator=torch.Generator().manual_seed(3))
     stride = 128 // array.element_size()
-    path = torch.full((lines,), -1, dtype=torch.int32)
-    clocks = torch.zeros(lines, dtype=torch.int64)
+    path = torch.full((lines,), -1, dtype=torch.int32, device=gpulab.device)
+    clocks = torch.zeros(lines, dtype=torch.int64, device=gpulab.device)
     chase.chase_path_kernel[1, 1](array, path, clocks)
-    visited = path.tolist()
+    visited = path.cpu().tolist()
+    clocks = clocks.cpu()
     assert sorted(visited) == [k * stride for k in range(lines)]     # every line, once, at its start
     assert visited[-1] == 0                                           # and back to the start
     assert chase.follow(array, 0, 5) == visited[4]
-    assert clocks.tolist() == [0] * lines                             # the simulator counts no cycles
+    if gpulab.SIMULATOR:
+        assert clocks.tolist() == [0] * lines                         # the simulator counts no cycles
+    else:
+        assert min(clocks.tolist()) > 0
 
 
 def test_chase_measures_nothing_under_the_simulator_and_says_so():
