@@ -139,10 +139,12 @@ CHAPTERS: tuple[Chapter, ...] = (
         _p("4D Gaussian Splatting: Towards Efficient Novel View Synthesis for Dynamic Scenes", "2402.03307"),
         _p("3D Convex Splatting: Radiance Field Rendering with 3D Smooth Convexes", "2411.14974"),
         _p("3DGabSplat: 3D Gabor Splatting", "2508.05343"),
+        _p("Triangle Splatting for Real-Time Radiance Field Rendering", "2505.19175"),
         _p("Triangle Splatting+: Differentiable Rendering with Opaque Triangles", "2509.25122"),
         _p("Relightable 3D Gaussians", "2311.16043"),
         _p("GI-GS: Global Illumination Decomposition on Gaussian Splatting", "2410.02619"),
-        _p("HRM²Avatar: High-Fidelity Real-Time Mobile Avatars from Monocular Phone Scans", "2510.13587"))),
+        _p("HRM²Avatar: High-Fidelity Real-Time Mobile Avatars from Monocular Phone Scans", "2510.13587")),
+        status=BUILT),
     Chapter("08", "nerf", "nerf", "NeRF sampling and volume rendering", (
         _p("RT-NeRF: Real-Time On-Device Neural Radiance Fields Towards Immersive AR/VR Rendering",
            "2212.01120"),
