@@ -138,19 +138,9 @@ def _occupancy():
     limits = occupancy.limits_of()
     rows = []
 
-    def body(x, out):
-        from numba import cuda as c
-        buf = c.shared.array(0, dtype=types.float32)
-        i = c.grid(1)
-        if i < x.size:
-            buf[c.threadIdx.x] = x[i]
-            acc = x[i]
-            for k in range(16):
-                acc = acc * buf[c.threadIdx.x] + k
-            out[i] = acc
     sig = (types.float32[::1], types.float32[::1])
     for max_regs in (32, 64, 128, 255):
-        k = gpulab.kernel(body, max_registers=max_regs)
+        k = gpulab.kernel(occupancy.occupancy_probe, max_registers=max_regs)
         regs, static = occupancy.kernel_resources(k, sig)
         for threads in (32, 96, 128, 256, 512, 640, 1024):
             for dyn in (0, 8 * KIB, 20_000, 40 * KIB):

@@ -34,6 +34,8 @@ __all__ = ["conflict_ways", "stride_addresses", "expected_ways", "traced_sweep",
 
 #: words of the sweep's shared array: 32 threads at strides up to 33 (index 31 * 33 = 1023)
 SHARED_WORDS = 1024
+#: the same bytes as 8-byte elements (a constant: numba needs a shared array's shape as one)
+SHARED_DOUBLES = SHARED_WORDS // 2
 
 
 def conflict_ways(byte_addresses, itemsize: int = 4) -> torch.Tensor:
@@ -91,9 +93,9 @@ def strided_read_kernel(stride, out):
 @gpulab.kernel
 def strided_read_kernel_f64(stride, out):
     """:func:`strided_read_kernel` on 8-byte elements."""
-    buf = cuda.shared.array(SHARED_WORDS // 2, dtype=float64)
+    buf = cuda.shared.array(SHARED_DOUBLES, dtype=float64)
     t = cuda.threadIdx.x
-    word = (t * stride) % (SHARED_WORDS // 2)
+    word = (t * stride) % SHARED_DOUBLES
     buf[word] = t
     cuda.syncthreads()
     out[t] = buf[word]

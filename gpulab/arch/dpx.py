@@ -41,6 +41,8 @@ __all__ = ["MATCH", "MISMATCH", "GAP", "MAX_TARGET", "smith_waterman_reference",
 MATCH, MISMATCH, GAP = 2, -1, 2
 #: the longest target a kernel row holds (its local array); queries may be any length
 MAX_TARGET = 256
+#: a kernel's row of H (computed here: numba's compiler needs a local array's shape as a constant)
+ROW = MAX_TARGET + 1
 
 CELL_SOURCE = r"""
 // Smith-Waterman cells for two alignments in the 16-bit lanes of a 32-bit word.
@@ -153,7 +155,7 @@ def scalar_kernel(queries, targets, scores):
     if p >= scores.shape[0]:
         return
     n_t = targets.shape[1]
-    h = cuda.local.array(MAX_TARGET + 1, dtype=int32)
+    h = cuda.local.array(ROW, dtype=int32)
     for j in range(n_t + 1):
         h[j] = 0
     best = 0
@@ -181,7 +183,7 @@ def _make_packed(cell):
             return
         second = first + 1 if first + 1 < scores.shape[0] else first   # an odd last pair: score it twice
         n_t = targets.shape[1]
-        h = cuda.local.array(MAX_TARGET + 1, dtype=uint32)
+        h = cuda.local.array(ROW, dtype=uint32)
         for j in range(n_t + 1):
             h[j] = 0
         gap2 = uint32((GAP & 0xFFFF) | ((GAP & 0xFFFF) << 16))

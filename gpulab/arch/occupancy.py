@@ -29,8 +29,10 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field, replace
 
+from numba import cuda, float32   # for occupancy_probe (the package imports numba after choosing the mode)
+
 __all__ = ["SMLimits", "Occupancy", "H200", "occupancy", "carveout_bytes", "registers_per_warp",
-           "limits_of", "driver_occupancy", "LIMIT_NAMES"]
+           "limits_of", "driver_occupancy", "LIMIT_NAMES", "kernel_resources", "occupancy_probe"]
 
 KIB = 1024
 
@@ -200,7 +202,7 @@ def limits_of(device=None) -> SMLimits:
                    f"(compute capability {cc[0]}.{cc[1]})",
         compute_capability=cc, sm_count=int(dev.MULTIPROCESSOR_COUNT), warp_size=int(dev.WARP_SIZE),
         max_threads_per_block=int(dev.MAX_THREADS_PER_BLOCK),
-        max_threads_per_sm=int(dev.MAX_THREADS_PER_MULTI_PROCESSOR),
+        max_threads_per_sm=int(dev.MAX_THREADS_PER_MULTIPROCESSOR),
         max_blocks_per_sm=int(dev.MAX_BLOCKS_PER_MULTIPROCESSOR),
         registers_per_sm=int(dev.MAX_REGISTERS_PER_MULTIPROCESSOR),
         registers_per_block=int(dev.MAX_REGISTERS_PER_BLOCK),
@@ -232,3 +234,17 @@ def kernel_resources(kernel, signature) -> tuple[int, int]:
     dispatcher = getattr(kernel, "dispatcher", kernel)
     compiled = dispatcher.compile(tuple(signature))
     return int(compiled.regs_per_thread), int(compiled.shared_mem_per_block)
+
+
+def occupancy_probe(x, out):
+    """A small kernel body with dynamic shared memory, for comparing the calculator with the
+    driver at several ``max_registers``: ``gpulab.kernel(occupancy_probe, max_registers=64)``.
+    Compiled, never launched by the comparison (the driver answers from the compiled kernel)."""
+    buf = cuda.shared.array(0, dtype=float32)
+    i = cuda.grid(1)
+    if i < x.size:
+        buf[cuda.threadIdx.x] = x[i]
+        acc = x[i]
+        for k in range(16):          # enough live values to use some registers
+            acc = acc * buf[cuda.threadIdx.x] + k
+        out[i] = acc

@@ -64,25 +64,15 @@ def test_limits_of_needs_a_gpu():
 def test_gpu_occupancy_matches_the_driver():
     """The calculator against cuOccupancyMaxActiveBlocksPerMultiprocessor for kernels of
     different register counts (max_registers), block sizes and dynamic shared memory."""
-    from numba import cuda, types
+    from numba import types
 
     limits = occ.limits_of()
     assert limits.max_warps_per_sm == 64 and limits.shared_reserved_per_block == 1024
 
-    def body(x, out):
-        buf = cuda.shared.array(0, dtype=types.float32)
-        i = cuda.grid(1)
-        if i < x.size:
-            buf[cuda.threadIdx.x] = x[i]
-            acc = x[i]
-            for k in range(16):          # enough live values to use registers
-                acc = acc * buf[cuda.threadIdx.x] + k
-            out[i] = acc
-
     sig = (types.float32[::1], types.float32[::1])
     checked = 0
     for max_regs in (32, 64, 128, 255):
-        k = gpulab.kernel(body, max_registers=max_regs)
+        k = gpulab.kernel(occ.occupancy_probe, max_registers=max_regs)
         regs, static_shared = occ.kernel_resources(k, sig)
         for threads in (32, 96, 128, 256, 640, 1024):
             for dyn in (0, 4096, 20_000, 40_000):

@@ -198,9 +198,12 @@ def _bank_inputs(size, gen):
             row = (lanes // 4) * 32 * 4
         elif kind == 2:                      # random words in 96 words: conflicts and shared words
             row = torch.randint(0, 96 // (itemsize // 4), (32,), generator=gen) * itemsize
-        else:                                # stride 32, half the lanes inactive
+        elif (w // 4) % 2 == 0:              # stride 32, half the lanes inactive
             row = lanes * 32 * itemsize
             row[torch.randperm(32, generator=gen)[:16]] = -1
+        else:                                # stride 1, random lanes inactive but lane 31 (bank 31 in use,
+            row = lanes * itemsize           # so an inactive lane counted as word -1 shows there)
+            row[torch.randperm(31, generator=gen)[:12]] = -1
         rows.append(row)
     return torch.stack(rows), itemsize
 
