@@ -39,7 +39,9 @@ def test_twins_offer_the_same_signatures():
     one_sided = {"convex_hull": "the numba setup kernel runs the hull inline",
                  "rotation_4d": "scene construction, not a per-frame stage",
                  "covariance_4d": "scene construction, not a per-frame stage",
-                 "plane_rotation_4d": "scene construction (the rotor form), not a per-frame stage"}
+                 "plane_rotation_4d": "scene construction (the rotor form), not a per-frame stage",
+                 "triangle_frames": "a step the numba mesh kernel does inline",
+                 "twist": "a procedural deformation of the mesh, applied before the kernels"}
     for name in K.__all__:
         if name.endswith("_kernel") or name == "BLOCK_1D":
             continue
@@ -342,3 +344,32 @@ def test_fitting_a_hard_edged_target_lowers_the_error(kind):
     fit = P.fitting.fit_2d(kind, target, n=6, steps=6)
     assert fit.history[-1] < fit.history[0]
     assert fit.image.shape == target.shape and math.isfinite(fit.psnr)
+
+
+# ------------------------------------------------------------------ mesh-attached Gaussians
+
+def test_mesh_gaussians_twins_agree_and_an_undeformed_mesh_renders_as_the_static_scene():
+    gen = torch.Generator().manual_seed(4)
+    verts, faces = P.toy_cylinder(4, 6)
+    att = P.attach_random(faces, 37, gen)
+    att.offsets = 0.02 * torch.randn(37, generator=gen)
+    bent = T.twist(verts, 0.8)
+    args = (bent, faces, att.tri_ids, att.barys, att.offsets, att.local_rot, att.scales)
+    mt, ct = T.mesh_gaussians(*(a.double() if a.is_floating_point() else a for a in args))
+    mk, ck = K.mesh_gaussians(*(a.to(DEV) for a in args))
+    close(mk, mt, atol=1e-5)
+    close(ck, ct, atol=1e-6)
+    # the rest pose rebuilt every frame = the static Gaussians it defines (means, R, S)
+    means, cov = T.mesh_gaussians(verts, faces, att.tri_ids, att.barys, att.offsets, att.local_rot, att.scales)
+    rot = T.triangle_frames(verts, faces)[att.tri_ids.long()] @ att.local_rot
+    close(cov, (rot * att.scales[:, None, :]) @ (rot * att.scales[:, None, :]).transpose(1, 2))
+    camera = splat.orbit_camera(30, 10, 2.5, 24, 20)
+    frame = P.render_mesh_gaussians(verts, faces, att, camera, backend="torch")
+    proj = T.project_covariances(means, cov, camera)
+    assert (frame.transmittance < 0.9).sum() > 10
+    # a rigid motion of the mesh moves every Gaussian rigidly
+    q = splat.torch_impl.quat_to_rotmat(torch.tensor([[0.9, 0.1, -0.3, 0.2]]))[0]
+    m2, c2 = T.mesh_gaussians(verts @ q.T, faces, att.tri_ids, att.barys, att.offsets, att.local_rot, att.scales)
+    close(m2, means @ q.T, atol=1e-5)
+    close(c2, q @ cov @ q.T, atol=1e-6)
+    assert (proj.radii > 0).sum() > 10

@@ -20,7 +20,8 @@ from ..torch_impl import Projection, tile_grid
 from .constants import F0_DIELECTRIC, MAX_HULL, PAD_OFFSET, TEMPORAL_CULL
 
 __all__ = ["slice_4d_kernel", "project_cov_kernel", "triangle_setup_kernel", "convex_setup_kernel", "shade_kernel",
-           "slice_4d", "project_covariances", "triangle_setup", "convex_setup", "shade_pbr", "BLOCK_1D"]
+           "mesh_gaussians_kernel", "slice_4d", "project_covariances", "triangle_setup", "convex_setup", "shade_pbr",
+           "mesh_gaussians", "BLOCK_1D"]
 
 BLOCK_1D = 128
 _F0, _F1, _F2, _HALF = np.float32(0.0), np.float32(1.0), np.float32(2.0), np.float32(0.5)
@@ -398,3 +399,57 @@ def shade_pbr(gbuffer: torch.Tensor, alpha: torch.Tensor, light_dir: torch.Tenso
         gbuffer.contiguous(), alpha.contiguous(), light_dir.contiguous(), light_rgb.contiguous(),
         _f32(fx), _f32(fy), _f32(cx), _f32(cy), out)
     return out
+
+
+# ------------------------------------------------------------------ mesh-attached Gaussians
+
+@kernel
+def mesh_gaussians_kernel(verts, faces, tri_ids, barys, offsets, local_rot, scales, means, cov3):
+    """One thread per Gaussian: rebuild mu and Sigma from its deformed triangle (torch_impl.mesh_gaussians)."""
+    i = cuda.grid(1)
+    if i >= tri_ids.shape[0]:
+        return
+    f = tri_ids[i]
+    a, b, c = faces[f, 0], faces[f, 1], faces[f, 2]
+    ux, uy, uz = verts[b, 0] - verts[a, 0], verts[b, 1] - verts[a, 1], verts[b, 2] - verts[a, 2]
+    wx, wy, wz = verts[c, 0] - verts[a, 0], verts[c, 1] - verts[a, 1], verts[c, 2] - verts[a, 2]
+    inv = _F1 / max(math.sqrt(ux * ux + uy * uy + uz * uz), _LEN_MIN)
+    e1x, e1y, e1z = ux * inv, uy * inv, uz * inv
+    nx, ny, nz = uy * wz - uz * wy, uz * wx - ux * wz, ux * wy - uy * wx
+    inv = _F1 / max(math.sqrt(nx * nx + ny * ny + nz * nz), _LEN_MIN)
+    nx, ny, nz = nx * inv, ny * inv, nz * inv
+    e2x, e2y, e2z = ny * e1z - nz * e1y, nz * e1x - nx * e1z, nx * e1y - ny * e1x
+    for r in range(3):
+        means[i, r] = (barys[i, 0] * verts[a, r] + barys[i, 1] * verts[b, r] + barys[i, 2] * verts[c, r])
+    means[i, 0] += offsets[i] * nx
+    means[i, 1] += offsets[i] * ny
+    means[i, 2] += offsets[i] * nz
+    m = cuda.local.array((3, 3), float32)
+    for col in range(3):                        # M = R_tri R_local S, column by column
+        lx, ly, lz = local_rot[i, 0, col], local_rot[i, 1, col], local_rot[i, 2, col]
+        s = scales[i, col]
+        m[0, col] = (e1x * lx + e2x * ly + nx * lz) * s
+        m[1, col] = (e1y * lx + e2y * ly + ny * lz) * s
+        m[2, col] = (e1z * lx + e2z * ly + nz * lz) * s
+    for r in range(3):
+        for c2 in range(3):
+            cov3[i, r, c2] = m[r, 0] * m[c2, 0] + m[r, 1] * m[c2, 1] + m[r, 2] * m[c2, 2]
+
+
+def mesh_gaussians(verts: torch.Tensor, faces: torch.Tensor, tri_ids: torch.Tensor, barys: torch.Tensor,
+                   offsets: torch.Tensor, local_rot: torch.Tensor, scales: torch.Tensor):
+    """numba twin of :func:`torch_impl.mesh_gaussians`."""
+    _require(verts, "verts", (None, 3))
+    _require(faces, "faces", (None, 3), torch.int32)
+    _require(tri_ids, "tri_ids", (None,), torch.int32)
+    n = tri_ids.shape[0]
+    _require(barys, "barys", (n, 3))
+    _require(offsets, "offsets", (n,))
+    _require(local_rot, "local_rot", (n, 3, 3))
+    _require(scales, "scales", (n, 3))
+    means = torch.empty(n, 3, dtype=torch.float32, device=verts.device)
+    cov3 = torch.empty(n, 3, 3, dtype=torch.float32, device=verts.device)
+    mesh_gaussians_kernel[_blocks(n), BLOCK_1D](verts.contiguous(), faces.contiguous(), tri_ids.contiguous(),
+                                                barys.contiguous(), offsets.contiguous(), local_rot.contiguous(),
+                                                scales.contiguous(), means, cov3)
+    return means, cov3

@@ -26,7 +26,8 @@ from . import kernels, torch_impl
 from .footprints import CONVEX, TRIANGLE
 
 __all__ = ["Gaussians4D", "Frame", "stages_for", "project_points", "render_4d", "render_triangles",
-           "render_convexes", "gbuffer_features", "render_gbuffer", "resolve_gbuffer"]
+           "render_convexes", "gbuffer_features", "render_gbuffer", "resolve_gbuffer", "MeshGaussians", "toy_cylinder",
+           "attach_random", "render_mesh_gaussians"]
 
 
 @dataclass
@@ -172,3 +173,62 @@ def resolve_gbuffer(channels: torch.Tensor, transmittance: torch.Tensor, eps: fl
     gbuf = torch.cat([mean[..., :1], normal, mean[..., 4:]], -1)
     gbuf = torch.where(covered[..., None], gbuf, torch.zeros_like(gbuf))
     return gbuf.contiguous(), torch.where(covered, alpha, torch.zeros_like(alpha)).contiguous()
+
+
+# ------------------------------------------------------------------ mesh-attached Gaussians
+
+@dataclass
+class MeshGaussians:
+    """N Gaussians attached to a mesh's triangles (HRM²Avatar's binding; see torch_impl.mesh_gaussians)."""
+    tri_ids: torch.Tensor      # [N] int32
+    barys: torch.Tensor        # [N, 3] barycentric coordinates (sum 1)
+    offsets: torch.Tensor      # [N] along the triangle's normal
+    local_rot: torch.Tensor    # [N, 3, 3] rotation in the triangle's frame
+    scales: torch.Tensor       # [N, 3] standard deviations in that frame
+    opacities: torch.Tensor    # [N]
+    colors: torch.Tensor       # [N, C]
+
+    def to(self, device) -> "MeshGaussians":
+        return MeshGaussians(*(getattr(self, f).to(device) for f in
+                               ("tri_ids", "barys", "offsets", "local_rot", "scales", "opacities", "colors")))
+
+
+def toy_cylinder(rings: int = 6, segments: int = 10, radius: float = 0.35, height: float = 1.4):
+    """A closed-side cylinder mesh along z (centred at 0): (verts [V, 3], faces [F, 3] int32)."""
+    z = torch.linspace(-height / 2, height / 2, rings)
+    a = torch.arange(segments) * (2 * torch.pi / segments)
+    verts = torch.stack([radius * torch.cos(a)[None].expand(rings, -1), radius * torch.sin(a)[None].expand(rings, -1),
+                         z[:, None].expand(-1, segments)], -1).reshape(-1, 3)
+    faces = []
+    for r in range(rings - 1):
+        for s in range(segments):
+            p, q = r * segments + s, r * segments + (s + 1) % segments
+            faces += [[p, q, q + segments], [p, q + segments, p + segments]]
+    return verts, torch.tensor(faces, dtype=torch.int32)
+
+
+def attach_random(faces: torch.Tensor, n: int, generator: torch.Generator, scale: float = 0.05) -> MeshGaussians:
+    """``n`` Gaussians at random places of random triangles, flat along the normal, coloured by triangle."""
+    tri = torch.randint(0, faces.shape[0], (n,), generator=generator, dtype=torch.int32)
+    b = torch.rand(n, 3, generator=generator)
+    b = b / b.sum(-1, keepdim=True)
+    rot = quat_to_rotmat(torch.cat([torch.ones(n, 1), torch.zeros(n, 2), 0.3 * torch.randn(n, 1, generator=generator)],
+                                   -1))
+    scales = torch.stack([torch.full((n,), scale), torch.full((n,), scale), torch.full((n,), scale * 0.2)], -1)
+    hue = tri.float() / faces.shape[0]
+    colours = torch.stack([0.5 + 0.5 * torch.cos(6.28 * hue), 0.5 + 0.5 * torch.cos(6.28 * (hue + 0.33)),
+                           0.5 + 0.5 * torch.cos(6.28 * (hue + 0.66))], -1)
+    return MeshGaussians(tri, b, torch.zeros(n), rot, scales, torch.full((n,), 0.9), colours)
+
+
+def render_mesh_gaussians(verts: torch.Tensor, faces: torch.Tensor, attached: MeshGaussians, camera,
+                          backend: str = "auto", background=None) -> Frame:
+    """Rebuild the attached Gaussians from the (deformed) mesh ``verts`` and render them."""
+    stages, name = stages_for(backend)
+    means, cov3 = stages.mesh_gaussians(verts, faces, attached.tri_ids, attached.barys, attached.offsets,
+                                        attached.local_rot, attached.scales)
+    proj = stages.project_covariances(means, cov3, camera)
+    ch06 = ch06_kernels if name == "numba" else ch06_torch
+    extents = ch06.tile_extents(proj.conics.detach(), attached.opacities, proj.radii)
+    params = gaussian_params(proj.means2d, proj.conics, attached.opacities)
+    return _frame(params, attached.colors, proj.means2d, extents, proj.depths, camera, GAUSSIAN, name, background)

@@ -22,7 +22,7 @@ from ..torch_impl import Projection, conic_and_radius, project_covariance, tile_
 from .constants import F0_DIELECTRIC, MAX_HULL, PAD_OFFSET, TEMPORAL_CULL
 
 __all__ = ["slice_4d", "project_covariances", "triangle_setup", "convex_setup", "convex_hull", "shade_pbr",
-           "rotation_4d", "covariance_4d", "plane_rotation_4d"]
+           "mesh_gaussians", "rotation_4d", "covariance_4d", "plane_rotation_4d", "triangle_frames", "twist"]
 
 
 # ------------------------------------------------------------------ 4D Gaussians
@@ -332,3 +332,46 @@ def shade_pbr(gbuffer: torch.Tensor, alpha: torch.Tensor, light_dir: torch.Tenso
     diffuse = (1.0 - fresnel) * (1.0 - metal) * albedo / torch.pi
     colour = (diffuse + specular) * light_rgb.to(dtype) * n_l_pos
     return colour * alpha[..., None]
+
+
+# ------------------------------------------------------------------ mesh-attached Gaussians
+
+def triangle_frames(verts: torch.Tensor, faces: torch.Tensor) -> torch.Tensor:
+    """Orthonormal frames [F, 3, 3] of a mesh's triangles: columns (e1, e2, n).
+
+    ``e1`` along the first edge v0 -> v1, ``n`` the unit face normal (v1 - v0) x (v2 - v0),
+    ``e2 = n x e1``. A rigid motion of the mesh rotates every frame with it.
+    """
+    v0, v1, v2 = verts[faces[:, 0]], verts[faces[:, 1]], verts[faces[:, 2]]
+    e1 = v1 - v0
+    e1 = e1 / e1.norm(dim=-1, keepdim=True).clamp_min(1e-12)
+    n = torch.linalg.cross(v1 - v0, v2 - v0)
+    n = n / n.norm(dim=-1, keepdim=True).clamp_min(1e-12)
+    e2 = torch.linalg.cross(n, e1)
+    return torch.stack([e1, e2, n], -1)
+
+
+def mesh_gaussians(verts: torch.Tensor, faces: torch.Tensor, tri_ids: torch.Tensor, barys: torch.Tensor,
+                   offsets: torch.Tensor, local_rot: torch.Tensor, scales: torch.Tensor):
+    """World means [N, 3] and covariances [N, 3, 3] of Gaussians attached to a (deformed) mesh.
+
+    Each Gaussian (HRM²Avatar, arXiv:2510.13587, after GaussianAvatars) lives on triangle
+    ``tri_ids[i]`` at barycentric coordinates ``barys[i]``, ``offsets[i]`` along its normal,
+    with a rotation ``local_rot[i]`` [3, 3] and standard deviations ``scales[i]`` in the
+    triangle's frame. Every frame it is rebuilt from the deformed triangle:
+    ``mu = sum_k b_k v_k + offset n``, ``R = R_tri R_local``, ``Sigma = R S S^T R^T``.
+    (The local scale is kept as it is; GaussianAvatars also scales it with the triangle.)
+    """
+    tri = faces[tri_ids.long()]
+    corners = verts[tri]                                      # [N, 3 corners, 3]
+    frames = triangle_frames(verts, faces)[tri_ids.long()]
+    means = (barys[..., None] * corners).sum(1) + offsets[:, None] * frames[..., 2]
+    m = (frames @ local_rot) * scales[..., None, :]
+    return means, m @ m.transpose(-1, -2)
+
+
+def twist(verts: torch.Tensor, angle: float) -> torch.Tensor:
+    """A procedural deformation: each vertex turned about the z axis by ``angle * z`` (a twist)."""
+    a = angle * verts[:, 2]
+    c, s = torch.cos(a), torch.sin(a)
+    return torch.stack([c * verts[:, 0] - s * verts[:, 1], s * verts[:, 0] + c * verts[:, 1], verts[:, 2]], -1)
