@@ -141,7 +141,8 @@ def test_gpu_chapter_11_kernel_compiles_as_before_the_move():
     for label, k in (("before", before.grouped_gemm_kernel), ("now", moe.grouped_gemm_kernel)):
         k.dispatcher.compile(sig)
         counts[label] = _ptx_counts(k.dispatcher.inspect_asm(sig))
-    for op in ("fma.rn.f32", "ld.shared.f32", "st.shared.f32", "bar.sync", "ld.global.f32"):
+    for op in ("fma.rn.f32", "ld.shared.f32", "st.shared.f32", "bar.sync", "ld.global.f32", "ld.local.f32",
+               "st.local.f32"):   # local: the micro-tile stayed in registers (the inlining worked)
         assert counts["now"].get(op, 0) == counts["before"].get(op, 0), (op, counts)
     total_before, total_now = sum(counts["before"].values()), sum(counts["now"].values())
     assert abs(total_now - total_before) <= 0.02 * total_before, (total_before, total_now)
