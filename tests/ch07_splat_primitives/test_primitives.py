@@ -312,7 +312,7 @@ def test_bad_input_gets_clear_errors():
 # ------------------------------------------------------------------ GPU: full sizes
 
 @pytest.mark.gpu
-@pytest.mark.parametrize("kind", ["4d", "triangle", "convex"])
+@pytest.mark.parametrize("kind", ["4d", "triangle", "convex", "mesh"])
 def test_gpu_full_hd_numba_matches_torch(kind):
     gen = torch.Generator().manual_seed(7)
     camera = splat.benchmark_camera(1920, 1080, device=DEV)
@@ -328,6 +328,11 @@ def test_gpu_full_hd_numba_matches_torch(kind):
         args = (torch.rand(n, 3, generator=gen).to(DEV), (0.3 + torch.rand(n, generator=gen)).to(DEV),
                 torch.rand(n, generator=gen).to(DEV))
         a, b = (P.render_triangles(verts, *args, camera, backend=k) for k in ("torch", "numba"))
+    elif kind == "mesh":
+        verts, faces = P.toy_cylinder(40, 64)
+        verts = T.twist(verts, 1.0) + torch.tensor([0.0, 0.0, 3.0])
+        att = P.attach_random(faces, n, gen).to(DEV)
+        a, b = (P.render_mesh_gaussians(verts.to(DEV), faces.to(DEV), att, camera, backend=k) for k in ("torch", "numba"))
     else:
         pts = (torch.randn(n, 1, 3, generator=gen) + 0.1 * torch.randn(n, 6, 3, generator=gen)
                + torch.tensor([0.0, 0.0, 5.0])).to(DEV)
