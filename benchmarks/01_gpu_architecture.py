@@ -39,7 +39,7 @@ KIB, MIB = 1024, 1024 * 1024
 WORKING_SETS = [4 * KIB, 16 * KIB, 64 * KIB, 192 * KIB, 512 * KIB, 2 * MIB, 8 * MIB, 24 * MIB, 48 * MIB,
                 96 * MIB, 256 * MIB, 1024 * MIB]
 QUICK_SETS = [16 * KIB, 8 * MIB, 256 * MIB]
-ILPS, WARPS = (1, 2, 4, 8), (1, 2, 4, 8, 16, 32)
+ILPS, WARPS = tuple(range(1, 9)), (1, 2, 4, 8, 16, 32)
 FFMA_ITERS = 1024
 GOAL_CHASE_VS_CPP = 1.05          # within 5% of the same chase in CUDA C++
 GOAL_COPY_OF_TORCH = 0.90         # copy at >= 90% of torch's device copy
@@ -173,6 +173,7 @@ def _ffma(quick):
     sig = (types.float32[::1], types.int64, types.float32[::1], types.int64[::1])
     for ilp in ILPS:
         kernel = sweeps.ffma_kernel(ilp)
+        body = []
         try:
             listing, tool = sass.sass_of(kernel, sig)
             body = sass.loop_body(listing)
@@ -180,6 +181,9 @@ def _ffma(quick):
                            "ffma_per_iteration": sum(i.op == "FFMA" for i in body)}
         except Exception as exc:  # noqa: BLE001
             bodies[ilp] = {"error": f"{type(exc).__name__}: {exc}"[:300]}
+        ffma_in_body = sum(i.op == "FFMA" for i in body)
+        # the compiler unrolls the loop: its body holds `unroll` rounds of the ilp FFMAs
+        unroll = ffma_in_body // ilp if ffma_in_body and ffma_in_body % ilp == 0 else 0
         for warps in WARPS:
             kernel[1, 32 * warps](x, FFMA_ITERS, out, cycles)
             torch.cuda.synchronize()
@@ -187,7 +191,11 @@ def _ffma(quick):
             kernel[1, 32 * warps](x, FFMA_ITERS, out, cycles)       # a second run: warm instruction cache
             torch.cuda.synchronize()
             measured = min(measured, int(cycles.item()))
-            rows.append({"ilp": ilp, "warps": warps, "cycles": measured,
+            model_sass = None
+            if unroll and FFMA_ITERS % unroll == 0:
+                per_core = -(-warps // 4)
+                model_sass = issue_model.run([body] * per_core, repeat=FFMA_ITERS // unroll).cycles
+            rows.append({"ilp": ilp, "warps": warps, "cycles": measured, "model_sass": model_sass,
                          "model_listing": issue_model.predict_ffma_cycles(ilp, warps, FFMA_ITERS)})
     return {"rows": rows, "iters": FFMA_ITERS, "sass": bodies}
 
@@ -294,6 +302,38 @@ def _report_latency(results, part):
                              note="the C++ peer did not run")
 
 
+#: the level each chase row is taken to hit, and the paper's H800 latency the model is given for it
+def _paper_latency(row):
+    if row["level"] == "l1" and row["bytes"] <= 64 * KIB:
+        return PAPER_H800["l1"]
+    if row["level"] == "l2" and 512 * KIB <= row["bytes"] <= 24 * MIB:
+        return PAPER_H800["l2"]
+    if row["bytes"] >= 256 * MIB:
+        return sum(PAPER_H800["hbm"]) / 2
+    return None
+
+
+def _report_chase_model(results, part):
+    judged = []
+    for row in part["rows"]:
+        latency = _paper_latency(row)
+        if latency is None or not row["cycles"]:
+            continue
+        steps = 64
+        predicted = issue_model.run([issue_model.chase_listing(int(latency))], repeat=steps).cycles / steps
+        judged.append((row, latency, predicted))
+    if not judged:
+        return
+    err = issue_model.mape([p for _, _, p in judged], [r["cycles"] for r, _, _ in judged])
+    results.headline("issue model vs measured chase, the paper's H800 latencies as inputs (MAPE, %)", err,
+                     goal=GOAL_MAPE, unit="%", note="load + address arithmetic (issue_model.chase_listing) with "
+                                                     "L1 32, L2 264, HBM 625 cycles: how far the H800's figures carry")
+    results.section("The chase against the issue model", table={
+        "columns": ["working set", "load", "measured cycles", "latency given", "model cycles"],
+        "rows": [[f"{r['bytes'] // KIB:,} KiB", r["level"], f"{r['cycles']:.1f}", f"{lat:g}", f"{p:.1f}"]
+                 for r, lat, p in judged]})
+
+
 def _report_bandwidth(results, part):
     ours_tbs = part["bytes"] / part["ours_ms"] / 1e9
     torch_tbs = part["bytes"] / part["torch_ms"] / 1e9
@@ -335,11 +375,18 @@ def _report_issue(results, data):
     results.headline("issue model vs measured FFMA chains (MAPE, %)", err, goal=GOAL_MAPE, unit="%",
                      note="hand-traced listing (gpulab.arch.issue_model.ffma_listing), ILP 1-8 x warps 1-32; "
                           "the paper: about 14% on programs (RTX A6000), Accel-sim 34%")
+    decoded = [r for r in rows if r.get("model_sass")]
+    if decoded:
+        err_sass = issue_model.mape([r["model_sass"] for r in decoded], [r["cycles"] for r in decoded])
+        results.headline("issue model on the kernels' decoded SASS vs measured FFMA chains (MAPE, %)", err_sass,
+                         goal=GOAL_MAPE, unit="%", note=f"{len(decoded)} of {len(rows)} configurations had a "
+                                                        "decoded loop body (gpulab.arch.sass.loop_body)")
     results.section("FFMA chains: measured cycles and the issue model", [
         f"{part['iters']} rounds of ILP independent FFMAs per thread, one block of 32 x warps threads."],
-        table={"columns": ["ILP", "warps", "measured cycles", "model (listing)", "error %"],
+        table={"columns": ["ILP", "warps", "measured cycles", "model (listing)", "error %", "model (SASS)"],
                "rows": [[r["ilp"], r["warps"], r["cycles"], r["model_listing"],
-                         f"{100 * (r['model_listing'] - r['cycles']) / r['cycles']:+.1f}"] for r in rows]})
+                         f"{100 * (r['model_listing'] - r['cycles']) / r['cycles']:+.1f}",
+                         "-" if not r.get("model_sass") else r["model_sass"]] for r in rows]})
     notes = []
     for ilp, info in sorted(part["sass"].items(), key=lambda kv: int(kv[0])):
         if "error" in info:
@@ -379,6 +426,7 @@ def report(data: dict, meta: dict | None = None, quick: bool = False) -> gb.Resu
     results = gb.Results(STEM, TITLE, meta=meta, data=data, quick=quick)
     if _ok(data.get("latency")):
         _report_latency(results, data["latency"])
+        _report_chase_model(results, data["latency"])
     if _ok(data.get("bandwidth")):
         _report_bandwidth(results, data["bandwidth"])
     if _ok(data.get("occupancy")):

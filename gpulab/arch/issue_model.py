@@ -7,9 +7,8 @@ doing much of the work through control bits in every instruction (decoded from S
 :mod:`gpulab.arch.sass`):
 
 * **Stall counter** (4 bits): cycles before the warp's NEXT instruction may issue. The
-  compiler sets it from the fixed latency of what the next instructions need (an FFMA's
-  result is ready 4 cycles after issue on the paper's GPUs), so no hardware checks
-  fixed-latency dependences;
+  compiler sets it from the fixed latency of what the next instructions need, so no
+  hardware checks fixed-latency dependences;
 * **Yield** (1 bit): the warp does not issue in the next cycle, another warp may;
 * **Dependence counters** SB0-SB5 (six per warp, 6 bits each) for variable-latency
   producers (memory loads, ...): the producer names a counter to increment at issue and
@@ -23,8 +22,9 @@ doing much of the work through control bits in every instruction (decoded from S
   need two reads from one bank holds the read stage an extra cycle, and the sub-core
   issues nothing meanwhile;
 * **register file cache** driven by the compiler's reuse bits: a source operand flagged
-  ``.reuse`` stays cached (per bank and operand slot) for the next instruction that reads
-  the same register in the same slot, which then needs no bank read.
+  ``.reuse`` stays cached for the next instruction that reads the same register in the same
+  operand slot, which then needs no bank read (modelled here as one entry per bank and
+  operand slot, dropped by any other instruction reading that slot).
 
 What is simplified here: straight-line loop bodies repeated ``repeat`` times stand in for
 branches; one issue per cycle with no fetch/decode stall (the paper models a stream-buffer
@@ -53,8 +53,9 @@ SB_MAX = 63               # 6 bits each
 STALL_MAX = 15            # 4 bits
 BANKS = 2                 # register file banks per sub-core
 
-#: fixed latencies (cycles from issue to result) the model assumes; the paper measures 4 for
-#: the common ALU operations (FFMA, FADD, IADD3, IMAD, ...) on Ampere
+#: fixed latencies (cycles from issue to result) the model assumes: 4 for every fixed-latency
+#: operation, the usual FP32/integer ALU latency on recent NVIDIA GPUs (an assumption here;
+#: the chapter's GPU run measures FFMA chains against it)
 FIXED_LATENCY = {"default": 4}
 #: a variable-latency producer with no latency given (cycles): an L1 hit, roughly
 DEFAULT_VARIABLE_LATENCY = 32

@@ -2,9 +2,9 @@
 
 Every SASS instruction since Volta is 128 bits. ``cuobjdump -sass`` and ``nvdisasm`` print
 each as its text and two 64-bit words in comments; the control bits sit in the top 23 bits
-of the second (high) word, bits 105-127 of the instruction (as decoded by Jia et al.,
-"Dissecting the NVIDIA Volta GPU Architecture via Microbenchmarking", and the CuAssembler
-and turingas assemblers):
+of the second (high) word, bits 105-127 of the instruction (the layout the CuAssembler
+assembler decodes, after maxas's notes on control codes and Jia et al.'s Turing dissection,
+arXiv 1903.07486):
 
     bits of (high word >> 41):  reuse(4) | wait mask(6) | read SB(3) | write SB(3) | yield(1) | stall(4)
                                  17-20       11-16          8-10          5-7         4          0-3

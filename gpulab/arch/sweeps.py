@@ -8,7 +8,7 @@ Each is small and does one thing, so its time says one thing about the hardware:
 * :func:`divergence_kernel`: the lanes of a warp take ``ways`` different branches, which a
   warp runs one after the other: time grows with ``ways``;
 * :func:`ffma_kernel`: ``ilp`` independent FFMA chains per thread; with few warps, a chain
-  waits for its last result (FFMA latency: 4 cycles on the paper's GPUs), and more chains
+  waits for its last result (the FFMA latency, 4 cycles in the issue model), and more chains
   or more warps fill those cycles: the ILP x warps grid is where the issue model is tested.
 
 The simulator runs them at tiny sizes (clock64 counts no cycles there): the tests check

@@ -22,7 +22,8 @@ def synthetic_data():
         "occupancy": {"rows": [{"max_registers": 32, "registers": 30, "threads": 128, "dynamic_shared": 0,
                                 "ours": 16, "driver": 16, "limited_by": "warps"}], "limits": {}},
         "divergence": {"rows": [{"ways": 1, "cycles": 10.0}, {"ways": 2, "cycles": 20.0}], "iters": 256},
-        "ffma": {"rows": [{"ilp": 1, "warps": 1, "cycles": 100, "model_listing": 110}], "iters": 1024,
+        "ffma": {"rows": [{"ilp": 1, "warps": 1, "cycles": 100, "model_listing": 110, "model_sass": 95},
+                          {"ilp": 2, "warps": 1, "cycles": 100, "model_listing": 110, "model_sass": None}], "iters": 1024,
                  "sass": {1: {"tool": "synthetic", "body": ["FFMA"], "ffma_per_iteration": 1}, 2: {"error": "none"}}},
         "dpx": {"per_clock_per_sm": {"s16x2": 1.0, "s32": 1.0}, "pairs": 1, "query": 1, "target": 1,
                 "smith_waterman": {m: {"ms": 1.0, "gcells_per_s": 1.0} for m in ("scalar", "plain", "dpx")}},
@@ -39,6 +40,7 @@ def test_report_renders_every_part_and_follows_the_schema():
     assert gb.validate(d) == []
     metrics = [row["metric"] for row in d["headline"]]
     assert any("L1 hit" in m for m in metrics) and any("MAPE" in m for m in metrics)
+    assert any("decoded SASS" in m for m in metrics) and any("chase, the paper's" in m for m in metrics)
     assert any("TB/s" in m for m in metrics) and any("FP8" in m for m in metrics)
     assert any(s["title"] == "Parts that failed in this run" for s in d["sections"])   # dsmem's error is said
     assert "Smith-Waterman" in gb.render(d)

@@ -136,7 +136,7 @@ def _word(ctrl, low=0):
 
 
 def test_control_bits_decode_a_hand_written_listing():
-    # MOV R1, c[0x0][0x28] with the high word every CUDA kernel's prologue carries: stall 2
+    # a high word as a kernel's first MOV commonly carries: stall 2, no barriers; and a stall-0 yield
     assert sass.format_control(sass.decode_control(0x000FE40000000F00)) == "B------:R-:W-:-:S02"
     assert sass.format_control(sass.decode_control(0x000FC00000000000)) == "B------:R-:W-:Y:S00"
     ld = sass.Control(1, False, 2, None, 0, 0)
