@@ -248,7 +248,7 @@ def _axis_exit(o, d, lo, hi):
 
 
 @kernel
-def march_kernel(origins, dirs, t_min, t_max, aabbs, bitfield, res, step, cone_angle, write, offsets,
+def march_kernel(origins, dirs, t_min, t_max, aabbs, bitfield, res, step, cone_angle, skip, write, offsets,
                  counts, visited, t_starts, t_ends):
     r = cuda.grid(1)
     if r >= origins.shape[0]:
@@ -270,7 +270,7 @@ def march_kernel(origins, dirs, t_min, t_max, aabbs, bitfield, res, step, cone_a
                 t_starts[offsets[r] + n] = t
                 t_ends[offsets[r] + n] = t_end
             n += 1
-        if occupied or lvl < 0 or cone_angle > 0:
+        if occupied or lvl < 0 or cone_angle > 0 or not skip:
             k += 1
             t = t + dt if cone_angle > 0 else t_min[r] + np.float32(k) * step
             continue
@@ -290,9 +290,12 @@ def march_kernel(origins, dirs, t_min, t_max, aabbs, bitfield, res, step, cone_a
 
 
 def march_skipping(grid: OccupancyGrid, origins: torch.Tensor, dirs: torch.Tensor, step_size: float,
-                   near_plane: float = 0.0, far_plane: float = 1e10, cone_angle: float = 0.0):
+                   near_plane: float = 0.0, far_plane: float = 1e10, cone_angle: float = 0.0, skip: bool = True):
     """Same samples as :func:`march_dense`, one thread per ray jumping over empty cells
-    (with ``cone_angle > 0`` it steps point by point: the lattice is not uniform)."""
+    (with ``cone_angle > 0`` it steps point by point: the lattice is not uniform).
+    ``skip=False`` runs the same kernel visiting every lattice point: on a GPU, where the
+    compiler fuses multiply-adds, that is the exact reference (torch's float rounding can
+    differ from the kernel's by an ulp at a cell face)."""
     t_min, t_max = ray_bounds(grid, origins, dirs, near_plane, far_plane)
     n = origins.shape[0]
     dev = origins.device
@@ -300,7 +303,7 @@ def march_skipping(grid: OccupancyGrid, origins: torch.Tensor, dirs: torch.Tenso
     visited = torch.zeros(n, dtype=torch.int64, device=dev)
     dummy = torch.zeros(1, dtype=torch.float32, device=dev)
     args = (origins.contiguous(), dirs.contiguous(), t_min.contiguous(), t_max.contiguous(), grid.aabbs.contiguous(),
-            grid.bitfield, grid.resolution, np.float32(step_size), np.float32(cone_angle))
+            grid.bitfield, grid.resolution, np.float32(step_size), np.float32(cone_angle), bool(skip))
     blocks = max(1, math.ceil(n / BLOCK))
     march_kernel[blocks, BLOCK](*args, False, counts, counts, visited, dummy, dummy)      # pass 1: count
     info = pack_info(counts)

@@ -1,7 +1,6 @@
 """Volume rendering on packed rays, step by step, in torch: the readable specification.
 
-One public function per step, in the style of nerfacc's ``volrend.py`` (Li et al., nerfacc,
-arXiv:2305.04966); :mod:`.kernels` has the same functions as numba.cuda kernels. The
+One public function per step, in the style of nerfacc's ``volrend.py`` (Li et al. 2023); :mod:`.kernels` has the same functions as numba.cuda kernels. The
 quadrature is the original NeRF's (Mildenhall et al. 2020, arXiv:2003.08934):
 
     delta_i = (t_end_i - t_start_i) * |d|          (t is measured in units of the ray's d)

@@ -61,6 +61,8 @@ def test_grid_marching_never_skips_an_occupied_cell():
     info_k, t0_k, t1_k, seen_k = O.march_skipping(grid, o.to(gpulab.device), d.to(gpulab.device), step)
     assert torch.equal(info_k.cpu(), info) and torch.equal(t0_k.cpu(), t0) and torch.equal(t1_k.cpu(), t1)
     assert len(t0) > 50 and seen_k.sum() < seen.sum() // 2
+    every = O.march_skipping(grid, o.to(gpulab.device), d.to(gpulab.device), step, skip=False)
+    assert torch.equal(every[1].cpu(), t0) and torch.equal(every[3].cpu(), seen)   # no jumps: every point looked at
     mids = (t0 + t1) / 2
     from gpulab.nerf import ray_indices
     r = ray_indices(info)

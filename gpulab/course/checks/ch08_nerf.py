@@ -277,7 +277,12 @@ def task3_inputs(size, gen: torch.Generator):
         untouched = torch.ones(cells, dtype=torch.bool)
         untouched[indices] = False
         untouched &= occs >= 0
-        occs[torch.nonzero(untouched)[:3, 0]] = 0.01
+        spare = torch.nonzero(untouched)[:, 0]
+        occs[spare[:3]] = 0.01
+        occs[spare[3:5]] = 0.0                    # empty cells that stay empty: a negative threshold shows
+        occs[spare[5:7]] = 0.0099                 # just under: any threshold below 0.01 shows (not only >=)
+        if abs(float(occs.mean()) - 0.01) < 2e-3:  # a mean counting the -1 cells must not land near 0.01
+            occs[spare[7]] = -1.0
     return occs, indices, new
 
 
