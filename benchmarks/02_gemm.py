@@ -100,7 +100,7 @@ def _resources(name, tile, a, b, out):
 
 
 def _energy(meter, fn, flops) -> dict:
-    r = meter.measure(fn, flops=flops)
+    r = meter.measure(fn, flops=flops, warmup=False)   # every caller timed fn first: it is warm
     if not r.available:
         return {"available": False, "reason": r.reason}
     return {"available": True, "mj_per_call": r.joules_per_call * 1e3, "mean_w": r.mean_w, "idle_w": r.idle_w,
@@ -127,11 +127,19 @@ def measure(quick: bool = False) -> dict:
     data = {"idle_w": meter.idle_power(), "tile_sweep": [], "ladder": [], "sweep": []}
     for s in sizes:
         a, b, out = _inputs(s, s, s)
-        for t in tiles:
-            if s > 4096 and t < 4:
-                continue                              # T = 1, 2 at 8192^3: minutes per call
+        last = None
+        for t in sorted(tiles, reverse=True):         # large T first: they predict the small ones
+            if last is not None:
+                # time grows at least as 1/T^2 as T shrinks (a quarter of the threads per block,
+                # and the block slots cap the SM): skip a T whose call would take over 8 s
+                predicted = last[1] * (last[0] / t) ** 2
+                if predicted > 8000:
+                    data["tile_sweep"].append({"size": s, "tile": t, "skipped": f"predicted {predicted / 1e3:.0f} s a call"})
+                    print(f"  tiled T={t} at {s}^3: skipped (predicted {predicted / 1e3:.0f} s a call)", flush=True)
+                    continue
             fn = _ours("tiled", t, a, b, out)
             ms = _time_ms(fn)
+            last = (t, ms)
             row = {"size": s, "tile": t, "ms": ms, "tflops": _tflops(s, s, s, ms),
                    **_resources("tiled", t, a, b, out), **_energy(meter, fn, 2.0 * s ** 3)}
             data["tile_sweep"].append(row)
@@ -206,7 +214,8 @@ def report(data: dict, meta: dict | None = None, quick: bool = False) -> gb.Resu
     results.headline(f"best numba kernel at {n}^3 ({best['kernel']}, TFLOP/s)", best["tflops"],
                      "torch FP32 (TF32 off)", torch_fp32["tflops"], goal=GOAL_VS_TORCH, lower_is_better=False,
                      unit="TFLOP/s", note="goal: within 1.5x of cuBLAS FP32 (issue 17)")
-    tile_rows = data["tile_sweep"]
+    tile_rows = [r for r in data["tile_sweep"] if "skipped" not in r]
+    skipped = [r for r in data["tile_sweep"] if "skipped" in r]
     for s in sorted({r["size"] for r in tile_rows}):
         at = [r for r in tile_rows if r["size"] == s]
         fastest = min(at, key=lambda r: r["ms"])
@@ -236,7 +245,8 @@ def report(data: dict, meta: dict | None = None, quick: bool = False) -> gb.Resu
         "rows": [[r["size"], r["tile"], _fmt(r["ms"]), _fmt(r["tflops"]), _fmt(r.get("mj_per_call")),
                   _fmt(r.get("gflop_per_j")), _fmt(r.get("mean_w")), r["registers"], r["blocks_per_sm"],
                   _fmt(r["occupancy"]), r["waves"]] for r in tile_rows]},
-        after=f"Idle power {data['idle_w']:.0f} W, subtracted." if data.get("idle_w") else "")
+        after=([f"Idle power {data['idle_w']:.0f} W, subtracted."] if data.get("idle_w") else [])
+        + [f"T={r['tile']} at {r['size']}^3 not run: {r['skipped']}." for r in skipped])
     results.section(f"The ladder at {n}^3", table={
         "columns": ["kernel", "ms", "TFLOP/s", "% of FP32 peak", "x torch FP32", "GFLOP/J", "mean W", "regs",
                     "blocks/SM"],

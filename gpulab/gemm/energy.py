@@ -101,13 +101,16 @@ class EnergyMeter:
         return self._idle_w
 
     def measure(self, work: Callable[[], object], flops: float | None = None,
-                min_seconds: float = MIN_WINDOW_S, max_calls: int = 1_000_000) -> EnergyReading:
+                min_seconds: float = MIN_WINDOW_S, max_calls: int = 1_000_000,
+                warmup: bool = True) -> EnergyReading:
         """Run ``work`` (one call, asynchronous is fine) in a loop for at least
         ``min_seconds`` and return the energy of the loop. One call first, untimed (warm-up,
-        compilation), and the idle power before that if not yet known."""
+        compilation; ``warmup=False`` skips it for work already warm), and the idle power
+        before that if not yet known."""
         _require_window(min_seconds)
         idle = self.idle_power()
-        work()
+        if warmup:
+            work()
         self.sync()
         calls, e0, t0 = 0, self._energy_j(), self.clock()
         while True:
@@ -139,7 +142,8 @@ class NoMeter:
     def idle_power(self, seconds: float = MIN_WINDOW_S, refresh: bool = False) -> None:
         return None
 
-    def measure(self, work, flops=None, min_seconds: float = MIN_WINDOW_S, max_calls: int = 1_000_000):
+    def measure(self, work, flops=None, min_seconds: float = MIN_WINDOW_S, max_calls: int = 1_000_000,
+                warmup: bool = True):
         _require_window(min_seconds)
         return EnergyReading(False, self.reason)
 
