@@ -151,6 +151,7 @@ def measure(quick: bool = False) -> dict:
         ms = _time_ms(fn)
         data["ladder"].append({"kernel": name, "ms": ms, "tflops": _tflops(n, n, n, ms),
                                **_resources(name, 16, a, b, out), **_energy(meter, fn, 2.0 * n ** 3)})
+        print(f"  {name} at {n}^3: {ms:.2f} ms, {data['ladder'][-1]['tflops']:.2f} TFLOP/s", flush=True)
     bf_a, bf_b = a.bfloat16(), b.bfloat16()
     for label, tf32, x, y in (("torch FP32 (TF32 off)", False, a, b), ("torch TF32", True, a, b),
                               ("torch BF16", False, bf_a, bf_b)):
@@ -159,6 +160,7 @@ def measure(quick: bool = False) -> dict:
         ms = _time_ms(fn)
         data["ladder"].append({"kernel": label, "ms": ms, "tflops": _tflops(n, n, n, ms),
                                **_energy(meter, fn, 2.0 * n ** 3)})
+        print(f"  {label} at {n}^3: {ms:.2f} ms, {data['ladder'][-1]['tflops']:.2f} TFLOP/s", flush=True)
     torch.backends.cuda.matmul.allow_tf32 = False
     data["ladder_n"] = n
     data["sweep"] = _model_sweep(meter, quick)
