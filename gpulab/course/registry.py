@@ -150,7 +150,7 @@ CHAPTERS: tuple[Chapter, ...] = (
            "2212.01120"),
         _p("Dynamic Mesh-Aware Radiance Fields", "2309.04581"),
         _p("KiloNeuS: A Versatile Neural Implicit Surface Representation for Real-Time Rendering",
-           "2206.10885"))),
+           "2206.10885")), status=BUILT),
     Chapter("09", "neural_fields", "fields", "Neural fields: encodings and tiny MLPs", (
         _p("Hardware Acceleration of Neural Graphics", "2303.05735"),
         _p("KiloNeuS: A Versatile Neural Implicit Surface Representation for Real-Time Rendering",
