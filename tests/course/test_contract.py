@@ -169,6 +169,7 @@ TWINS = {
     "moe": ("gpulab.moe.torch_impl", "gpulab.moe.kernels"),
     "gemm": ("gpulab.gemm.torch_impl", "gpulab.gemm.kernels"),
     "nerf": ("gpulab.nerf.torch_impl", "gpulab.nerf.kernels"),
+    "attention": ("gpulab.attention.torch_impl", "gpulab.attention.kernels"),
 }
 # parameters one twin adds after the shared ones: knobs of that implementation (output
 # buffers, tiling, validation switches), keyword-only in spirit, each with a default
@@ -178,6 +179,7 @@ TWIN_EXTRAS = {
     ("gpulab.moe.kernels", "moe_ffn"): {"validate", "gemm"},
     ("gpulab.moe.kernels", "permute"): {"validate"},
     ("gpulab.gemm.kernels", "gemm"): {"kernel", "tile", "out"},
+    ("gpulab.attention.kernels", "attention"): {"tile_q", "tile_k"},
 }
 
 
@@ -211,6 +213,13 @@ TWIN_ONLY = {
     },
     "gpulab.gemm.kernels": {
         "launch_config": "a ladder kernel's launch geometry (grid, block)",
+    },
+    "gpulab.attention.torch_impl": {
+        "sla_block_map": "the pooled block scores and labels both SLA paths are given (a few small matmuls)",
+        "visible_mask": "the causal mask drawn as a matrix; the kernels compute it from indices",
+    },
+    "gpulab.attention.kernels": {
+        "tiles_for": "the shared-memory sub-tile for a head size",
     },
 }
 
