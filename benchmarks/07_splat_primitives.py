@@ -88,7 +88,8 @@ def scene_4d(g: splat.Gaussians, gen: torch.Generator) -> P.Gaussians4D:
     rot = torch.zeros(n, 4, 4, device=dev)
     rot[:, :3, :3] = rot3
     rot[:, 3, 3] = 1.0
-    near_identity = lambda: torch.cat([torch.ones(n, 1), 0.05 * torch.randn(n, 3, generator=gen)], -1).to(dev)  # noqa: E731
+    def near_identity():
+        return torch.cat([torch.ones(n, 1), 0.05 * torch.randn(n, 3, generator=gen)], -1).to(dev)
     rot = P.rotation_4d(near_identity(), near_identity()) @ rot
     scales4 = torch.cat([g.scales, torch.ones(n, 1, device=dev)], -1)
     t = (0.4 + 0.2 * torch.rand(n, generator=gen)).to(dev)

@@ -209,7 +209,8 @@ def test_convex_window_stays_finite_when_sharp_and_tends_to_the_hard_polygon():
     for dtype in (torch.float32, torch.float64):
         alpha = P.convex_alpha(params[0].to(dtype), xs.to(dtype), ys.to(dtype))
         assert torch.isfinite(alpha).all()
-    d = torch.stack([params[0, 3 * k] * xs + params[0, 3 * k + 1] * ys + params[0, 3 * k + 2] for k in range(8)]).amax(0)
+    d = torch.stack([params[0, 3 * k] * xs + params[0, 3 * k + 1] * ys + params[0, 3 * k + 2]
+                     for k in range(8)]).amax(0)
     alpha = P.convex_alpha(params[0], xs, ys)
     close(alpha[d < -0.5], torch.full_like(alpha[d < -0.5], 0.9), atol=1e-6)
     assert (alpha[d > 0.5] < 1e-6).all()
@@ -332,7 +333,8 @@ def test_gpu_full_hd_numba_matches_torch(kind):
         verts, faces = P.toy_cylinder(40, 64)
         verts = T.twist(verts, 1.0) + torch.tensor([0.0, 0.0, 3.0])
         att = P.attach_random(faces, n, gen).to(DEV)
-        a, b = (P.render_mesh_gaussians(verts.to(DEV), faces.to(DEV), att, camera, backend=k) for k in ("torch", "numba"))
+        a, b = (P.render_mesh_gaussians(verts.to(DEV), faces.to(DEV), att, camera, backend=k)
+                for k in ("torch", "numba"))
     else:
         pts = (torch.randn(n, 1, 3, generator=gen) + 0.1 * torch.randn(n, 6, 3, generator=gen)
                + torch.tensor([0.0, 0.0, 5.0])).to(DEV)

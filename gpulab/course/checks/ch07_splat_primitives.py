@@ -169,7 +169,8 @@ def triangle_window_variant(verts, sigmas, pixels, *, inward=False, use_min=Fals
         normal = torch.stack([d[:, 1], -d[:, 0]], -1) / length[:, None] * (-1.0 if inward else 1.0)
         lines.append((normal, -(normal * start).sum(-1)))
     la, lb, lc = (b - c).norm(dim=-1), (c - a).norm(dim=-1), (a - b).norm(dim=-1)
-    s_pt = (a + b + c) / 3 if centroid else (la[:, None] * a + lb[:, None] * b + lc[:, None] * c) / (la + lb + lc)[:, None]
+    weighted = (la[:, None] * a + lb[:, None] * b + lc[:, None] * c) / (la + lb + lc)[:, None]
+    s_pt = (a + b + c) / 3 if centroid else weighted
 
     def phi(x, y):
         ds = torch.stack([nrm[:, 0, None] * x + nrm[:, 1, None] * y + off[:, None] for nrm, off in lines])
@@ -200,7 +201,8 @@ TRIANGLE_WINDOW = Task(
                       "outward normal of edge a->b is (dy, -dx) / |d|", inward=True),
         _variant_hint(triangle_window_variant, "Some triangles are clockwise: fix the winding (swap b and c when the "
                       "cross product is negative) so every normal points outward", assume_ccw=True),
-        _variant_hint(triangle_window_variant, "phi(p) is the max of the three signed distances, not the min (the min of outward distances and the max of inward ones give the same wrong window)",
+        _variant_hint(triangle_window_variant, "phi(p) is the max of the three signed distances, not the min (the min "
+                      "of outward distances and the max of inward ones give the same wrong window)",
                       use_min=True),
         _variant_hint(triangle_window_variant, "s is the incentre (vertices weighted by the opposite edges' "
                       "lengths), not the centroid", centroid=True),

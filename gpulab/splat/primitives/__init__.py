@@ -17,9 +17,9 @@ from .render import (Frame, Gaussians4D, MeshGaussians, attach_random, gbuffer_f
                      stages_for, toy_cylinder)
 from .torch_impl import convex_hull, covariance_4d, plane_rotation_4d, rotation_4d, triangle_frames, twist
 
-__all__ = ["constants", "fitting", "footprints", "kernels", "render", "torch_impl", "CONVEX", "TRIANGLE", "convex_alpha",
-           "convex_alpha_device", "triangle_alpha", "triangle_alpha_device", "Frame", "Gaussians4D",
+__all__ = ["constants", "fitting", "footprints", "kernels", "render", "torch_impl", "CONVEX", "TRIANGLE",
+           "convex_alpha", "convex_alpha_device", "triangle_alpha", "triangle_alpha_device", "Frame", "Gaussians4D",
            "gbuffer_features", "project_points", "render_4d", "render_convexes", "render_gbuffer",
            "render_triangles", "resolve_gbuffer", "stages_for", "convex_hull", "covariance_4d",
-           "plane_rotation_4d", "rotation_4d", "MeshGaussians", "attach_random", "render_mesh_gaussians", "toy_cylinder",
-           "triangle_frames", "twist"]
+           "plane_rotation_4d", "rotation_4d", "MeshGaussians", "attach_random", "render_mesh_gaussians",
+           "toy_cylinder", "triangle_frames", "twist"]
