@@ -67,7 +67,7 @@ TILED = Task(
     chapter="02", number=1, title="the tiled GEMM for any T", kind=KERNEL,
     reference=reference_gemm, make_inputs=_gemm_inputs,
     # (M, N, K, T): ragged edges, K = 1, two T's (a hard-coded T fails one), K spanning steps
-    sizes=Sizes(sim=[(6, 3, 1, 4), (3, 5, 8, 2), (5, 7, 5, 2), (1, 1, 2, 1)],
+    sizes=Sizes(sim=[(6, 3, 1, 4), (3, 5, 8, 2), (5, 3, 5, 2), (1, 1, 2, 1)],
                 hidden=[(6, 5, 7, 3), (4, 9, 3, 3)], gpu=[(1000, 1030, 777, 16), (513, 257, 64, 32)]),
     launch=_launch_tiled, rtol=1e-4, atol=1e-4, own_kernels=(gemm_kernels,),
     candidate_name="tiled_kernel",
@@ -122,7 +122,7 @@ REGTILE = Task(
     chapter="02", number=2, title="the register-tiled inner loop", kind=KERNEL,
     reference=reference_gemm, make_inputs=lambda size, gen: _gemm_inputs(size, gen, group_b=True),
     # (M, N, K): one block and several, ragged, K = 1, K over several steps
-    sizes=Sizes(sim=[(8, 8, 5), (9, 11, 1), (5, 17, 12)], hidden=[(17, 9, 9)],
+    sizes=Sizes(sim=[(8, 8, 5), (9, 11, 1), (5, 17, 12)], hidden=[(9, 9, 9)],
                 gpu=[(1000, 1030, 777)]),
     launch=_launch_regtile, rtol=1e-4, atol=1e-4, own_kernels=(gemm_kernels,),
     requires=[_own_inner_loop], candidate_name="regtile_kernel",
