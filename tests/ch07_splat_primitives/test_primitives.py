@@ -41,7 +41,8 @@ def test_twins_offer_the_same_signatures():
                  "covariance_4d": "scene construction, not a per-frame stage",
                  "plane_rotation_4d": "scene construction (the rotor form), not a per-frame stage",
                  "triangle_frames": "a step the numba mesh kernel does inline",
-                 "twist": "a procedural deformation of the mesh, applied before the kernels"}
+                 "twist": "a procedural deformation of the mesh, applied before the kernels",
+                 "fibonacci_hemisphere": "the sample directions the numba relight kernel makes inline"}
     for name in K.__all__:
         if name.endswith("_kernel") or name == "BLOCK_1D":
             continue
@@ -380,3 +381,40 @@ def test_mesh_gaussians_twins_agree_and_an_undeformed_mesh_renders_as_the_static
     close(m2, means @ q.T, atol=1e-5)
     close(c2, q @ cov @ q.T, atol=1e-6)
     assert (proj.radii > 0).sum() > 10
+
+
+# ------------------------------------------------------------------ relightable Gaussians
+
+def _relight_inputs(n, gen, samples=64):
+    return (torch.randn(n, 3, generator=gen), torch.rand(n, 3, generator=gen), 0.1 + 0.9 * torch.rand(n, generator=gen),
+            torch.randn(n, 3, generator=gen), torch.rand(n, samples, generator=gen),
+            0.5 * torch.randn(9, 3, generator=gen), 0.3 * torch.randn(n, 9, 3, generator=gen))
+
+
+def test_relight_twins_agree_and_the_diffuse_part_integrates_the_hemisphere():
+    gen = torch.Generator().manual_seed(8)
+    args = _relight_inputs(5, gen)
+    args[0][0] = torch.tensor([0.0, 0.0, -1.0])                  # the normal the rotation flips
+    close(K.relight(*(a.to(DEV) for a in args)), T.relight(*(a.double() for a in args)), atol=2e-5, rtol=1e-4)
+    dirs = T.fibonacci_hemisphere(args[0].double(), 64)
+    unit = args[0].double() / args[0].double().norm(dim=-1, keepdim=True)
+    close(dirs.norm(dim=-1), torch.ones(5, 64, dtype=torch.float64))
+    assert ((dirs * unit[:, None]).sum(-1) >= math.sin(math.radians(10)) - 1e-9).all()   # all on the hemisphere
+    # a white environment (L = 1), no local light, visibility 1: the diffuse part is
+    # albedo / pi * 2 pi * mean(n.w) = 2 albedo mean(z_k), close to the albedo
+    n = 4
+    env = torch.zeros(9, 3, dtype=torch.float64)
+    env[0] = 1 / splat.SH_C0
+    normals, views = torch.randn(n, 3, generator=gen, dtype=torch.float64), torch.randn(n, 3, generator=gen,
+                                                                                          dtype=torch.float64)
+    rough, albedo = torch.rand(n, generator=gen, dtype=torch.float64), torch.rand(n, 3, generator=gen,
+                                                                                 dtype=torch.float64)
+    rest = (torch.ones(n, 64, dtype=torch.float64), env, torch.zeros(n, 9, 3, dtype=torch.float64))
+    diffuse = T.relight(normals, albedo, rough, views, *rest) - T.relight(normals, 0 * albedo, rough, views, *rest)
+    k = torch.arange(64, dtype=torch.float64)
+    mean_z = (1 - 2 * k / 127).clamp_min(math.sin(math.radians(10))).mean()
+    close(diffuse, 2 * albedo * mean_z, atol=1e-9)
+    assert abs(float(mean_z) - 0.5) < 0.03
+    # visibility 0 and no local light: dark
+    dark = T.relight(normals, albedo, rough, views, torch.zeros(n, 64, dtype=torch.float64), env, rest[2])
+    assert (dark == 0).all()

@@ -14,14 +14,14 @@ import torch
 from numba import cuda, float32, int32
 
 from ...launch import kernel
-from ..constants import ALPHA_MIN, EIGEN_FLOOR, FOV_CLAMP, LOW_PASS, SIGMAS
+from ..constants import ALPHA_MIN, EIGEN_FLOOR, FOV_CLAMP, LOW_PASS, SH_C0, SH_C1, SH_C2, SIGMAS
 from ..kernels import _require, ewa_cov2d_device, tile_rect_device
 from ..torch_impl import Projection, tile_grid
 from .constants import F0_DIELECTRIC, MAX_HULL, PAD_OFFSET, TEMPORAL_CULL
 
 __all__ = ["slice_4d_kernel", "project_cov_kernel", "triangle_setup_kernel", "convex_setup_kernel", "shade_kernel",
-           "mesh_gaussians_kernel", "slice_4d", "project_covariances", "triangle_setup", "convex_setup", "shade_pbr",
-           "mesh_gaussians", "BLOCK_1D"]
+           "mesh_gaussians_kernel", "relight_kernel", "slice_4d", "project_covariances", "triangle_setup",
+           "convex_setup", "shade_pbr", "mesh_gaussians", "relight", "BLOCK_1D"]
 
 BLOCK_1D = 128
 _F0, _F1, _F2, _HALF = np.float32(0.0), np.float32(1.0), np.float32(2.0), np.float32(0.5)
@@ -453,3 +453,120 @@ def mesh_gaussians(verts: torch.Tensor, faces: torch.Tensor, tri_ids: torch.Tens
                                                 barys.contiguous(), offsets.contiguous(), local_rot.contiguous(),
                                                 scales.contiguous(), means, cov3)
     return means, cov3
+
+
+# ------------------------------------------------------------------ relightable Gaussians
+
+_GOLDEN = np.float32(math.pi * (3.0 - math.sqrt(5.0)))
+_Z_MIN = np.float32(math.sin(math.radians(10.0)))
+_TWO_PI = np.float32(2.0 * math.pi)
+_FOUR_PI = np.float32(4.0 * math.pi)
+_F0_R3DG = np.float32(0.04)
+_FM_A, _FM_B = np.float32(-5.55473), np.float32(-6.98316)
+_EPS6 = np.float32(1e-6)
+_C1_MIN = np.float32(1e-7)
+_SH0, _SH1 = np.float32(SH_C0), np.float32(SH_C1)
+_SH20, _SH21, _SH22, _SH23, _SH24 = (np.float32(c) for c in SH_C2)
+
+
+@cuda.jit(device=True)
+def _sh9_light(coef, row, use_row, x, y, z, ch):
+    """max(0, sum_j coef[j, ch] Y_j(x, y, z)), coef [9, 3] (use_row False) or coef[row] [9, 3]."""
+    b0, b1, b2, b3 = _SH0, -_SH1 * y, _SH1 * z, -_SH1 * x
+    b4, b5 = _SH20 * x * y, _SH21 * y * z
+    b6 = _SH22 * (_F2 * z * z - x * x - y * y)
+    b7, b8 = _SH23 * x * z, _SH24 * (x * x - y * y)
+    if use_row:
+        c = coef[row]
+    else:
+        c = coef
+    total = (b0 * c[0, ch] + b1 * c[1, ch] + b2 * c[2, ch] + b3 * c[3, ch] + b4 * c[4, ch] + b5 * c[5, ch]
+             + b6 * c[6, ch] + b7 * c[7, ch] + b8 * c[8, ch])
+    return max(total, _F0)
+
+
+@kernel
+def relight_kernel(normals, base_color, roughness, viewdirs, visibility, env_sh, local_sh, colors):
+    """One thread per Gaussian, a loop over its hemisphere's samples (see torch_impl.relight)."""
+    i = cuda.grid(1)
+    if i >= normals.shape[0]:
+        return
+    n_samples = visibility.shape[1]
+    nx, ny, nz = normals[i, 0], normals[i, 1], normals[i, 2]
+    inv = _F1 / max(math.sqrt(nx * nx + ny * ny + nz * nz), _LEN_MIN)
+    nx, ny, nz = nx * inv, ny * inv, nz * inv
+    vx, vy, vz = viewdirs[i, 0], viewdirs[i, 1], viewdirs[i, 2]
+    inv = _F1 / max(math.sqrt(vx * vx + vy * vy + vz * vz), _LEN_MIN)
+    vx, vy, vz = vx * inv, vy * inv, vz * inv
+    side = _F1 if nx * vx + ny * vy + nz * vz >= _F0 else -_F1          # the normal turned to the viewer
+    fx, fy, fz = nx * side, ny * side, nz * side
+    n_v = min(max(fx * vx + fy * vy + fz * vz, _EPS6), _F1)
+    # the rotation from +z to n (Rodrigues about z x n; n = -z maps by -I)
+    c1 = nz + _F1
+    ax, ay = -ny, nx
+    flip = not (c1 > _F0)
+    c1 = max(c1, _C1_MIN)
+    r = roughness[i]
+    a = r * r
+    a2 = a * a
+    k = (a + _F2 * r + _F1) / _F8
+    g_v = n_v * (_F1 - k) + k
+    acc0 = _F0
+    acc1 = _F0
+    acc2 = _F0
+    for s in range(n_samples):
+        fs = float32(s)
+        z = max(_Z_MIN, _F1 - _F2 * fs / (_F2 * float32(n_samples) - _F1))
+        rad = math.sqrt(_F1 - z * z)
+        theta = fs * _GOLDEN
+        lx, ly = math.sin(theta) * rad, math.cos(theta) * rad
+        if flip:
+            dx, dy, dz = -lx, -ly, -z
+        else:
+            dx = (_F1 - ay * ay / c1) * lx + (ax * ay / c1) * ly + ay * z
+            dy = (ax * ay / c1) * lx + (_F1 - ax * ax / c1) * ly - ax * z
+            dz = -ay * lx + ax * ly + (_F1 - (ax * ax + ay * ay) / c1) * z
+        cos_in = max(nx * dx + ny * dy + nz * dz, _F0)
+        hx, hy, hz = dx + vx, dy + vy, dz + vz
+        inv = _F1 / max(math.sqrt(hx * hx + hy * hy + hz * hz), _LEN_MIN)
+        hx, hy, hz = hx * inv, hy * inv, hz * inv
+        n_l = min(max(fx * dx + fy * dy + fz * dz, _EPS6), _F1)
+        n_h = min(max(fx * hx + fy * hy + fz * hz, _EPS6), _F1)
+        v_h = min(max(vx * hx + vy * hy + vz * hz, _EPS6), _F1)
+        fresnel = _F0_R3DG + (_F1 - _F0_R3DG) * math.pow(_F2, (_FM_A * v_h + _FM_B) * v_h)
+        nom0 = n_h * n_h * (a2 - _F1) + _F1
+        denom = min(max(_FOUR_PI * nom0 * nom0 * g_v * (n_l * (_F1 - k) + k), _EPS6), _FOUR_PI)
+        f_s = fresnel * a2 / denom
+        weight = _TWO_PI * cos_in
+        vis = visibility[i, s]
+        for ch in range(3):
+            light = _sh9_light(local_sh, i, True, dx, dy, dz, ch) + _sh9_light(env_sh, 0, False, dx, dy, dz, ch) * vis
+            term = (base_color[i, ch] / _PI + f_s) * light * weight
+            if ch == 0:
+                acc0 += term
+            elif ch == 1:
+                acc1 += term
+            else:
+                acc2 += term
+    inv_s = _F1 / float32(n_samples)
+    colors[i, 0] = acc0 * inv_s
+    colors[i, 1] = acc1 * inv_s
+    colors[i, 2] = acc2 * inv_s
+
+
+def relight(normals: torch.Tensor, base_color: torch.Tensor, roughness: torch.Tensor, viewdirs: torch.Tensor,
+            visibility: torch.Tensor, env_sh: torch.Tensor, local_sh: torch.Tensor) -> torch.Tensor:
+    """numba twin of :func:`torch_impl.relight`."""
+    _require(normals, "normals", (None, 3))
+    n = normals.shape[0]
+    _require(base_color, "base_color", (n, 3))
+    _require(roughness, "roughness", (n,))
+    _require(viewdirs, "viewdirs", (n, 3))
+    _require(visibility, "visibility", (n, None))
+    _require(env_sh, "env_sh", (9, 3))
+    _require(local_sh, "local_sh", (n, 9, 3))
+    colors = torch.empty(n, 3, dtype=torch.float32, device=normals.device)
+    relight_kernel[_blocks(n), BLOCK_1D](normals.contiguous(), base_color.contiguous(), roughness.contiguous(),
+                                         viewdirs.contiguous(), visibility.contiguous(), env_sh.contiguous(),
+                                         local_sh.contiguous(), colors)
+    return colors

@@ -27,7 +27,7 @@ from .footprints import CONVEX, TRIANGLE
 
 __all__ = ["Gaussians4D", "Frame", "stages_for", "project_points", "render_4d", "render_triangles",
            "render_convexes", "gbuffer_features", "render_gbuffer", "resolve_gbuffer", "MeshGaussians", "toy_cylinder",
-           "attach_random", "render_mesh_gaussians"]
+           "attach_random", "render_mesh_gaussians", "gaussian_normals", "relit_colours"]
 
 
 @dataclass
@@ -140,6 +140,34 @@ def gbuffer_features(depths, normals, albedo, roughness, metallic) -> torch.Tens
     return torch.cat([depths[:, None], normals, albedo, roughness[:, None], metallic[:, None]], -1).contiguous()
 
 
+def gaussian_normals(scene: Gaussians) -> torch.Tensor:
+    """[N, 3] world normals: each Gaussian's shortest axis (the rotation's column of its smallest scale)."""
+    rot = quat_to_rotmat(scene.quats)
+    axis = torch.argmin(scene.scales, -1)
+    return torch.gather(rot, 2, axis[:, None, None].expand(-1, 3, 1))[..., 0]
+
+
+def relit_colours(scene: Gaussians, camera, base_color: torch.Tensor, roughness: torch.Tensor, env_sh: torch.Tensor,
+                  visibility: torch.Tensor | None = None, local_sh: torch.Tensor | None = None, n_samples: int = 64,
+                  backend: str = "auto") -> torch.Tensor:
+    """Per-Gaussian colours [N, 3] under an environment (Relightable 3D Gaussians' rendering equation).
+
+    Normals face the camera; visibility defaults to 1 (chapter 10 bakes it by ray casting),
+    the local light to 0.
+    """
+    stages, _ = stages_for(backend)
+    n = len(scene)
+    normal = gaussian_normals(scene)
+    to_cam = camera.position.to(scene.means) - scene.means
+    normal = torch.where(((normal * to_cam).sum(-1) < 0)[:, None], -normal, normal).contiguous()
+    if visibility is None:
+        visibility = torch.ones(n, n_samples, dtype=scene.means.dtype, device=scene.means.device)
+    if local_sh is None:
+        local_sh = torch.zeros(n, 9, 3, dtype=scene.means.dtype, device=scene.means.device)
+    return stages.relight(normal, base_color.contiguous(), roughness.contiguous(), to_cam.contiguous(),
+                          visibility.contiguous(), env_sh.contiguous(), local_sh.contiguous())
+
+
 def render_gbuffer(scene: Gaussians, camera, albedo: torch.Tensor, roughness: torch.Tensor, metallic: torch.Tensor,
                    backend: str = "auto"):
     """Composite a Gaussian scene's G-buffer (GI-GS's deferred pass): (channels [H, W, 9], transmittance).
@@ -147,9 +175,7 @@ def render_gbuffer(scene: Gaussians, camera, albedo: torch.Tensor, roughness: to
     Each Gaussian's normal is its shortest axis (the rotation's column of the smallest scale),
     turned to face the camera, in camera space; its depth is its view-space z.
     """
-    rot = quat_to_rotmat(scene.quats)
-    axis = torch.argmin(scene.scales, -1)
-    normal = torch.gather(rot, 2, axis[:, None, None].expand(-1, 3, 1))[..., 0]
+    normal = gaussian_normals(scene)
     view = camera.viewmat.to(device=scene.means.device, dtype=scene.means.dtype)
     normal_cam = normal @ view[:3, :3].T
     cam_pos = scene.means @ view[:3, :3].T + view[:3, 3]

@@ -15,14 +15,17 @@ All functions work in the dtype of their inputs (float64 for the tests' referenc
 """
 from __future__ import annotations
 
+import math
+
 import torch
 
-from ..constants import ALPHA_MIN, FOV_CLAMP
+from ..constants import ALPHA_MIN, FOV_CLAMP, SH_C0, SH_C1, SH_C2
 from ..torch_impl import Projection, conic_and_radius, project_covariance, tile_rects
 from .constants import F0_DIELECTRIC, MAX_HULL, PAD_OFFSET, TEMPORAL_CULL
 
 __all__ = ["slice_4d", "project_covariances", "triangle_setup", "convex_setup", "convex_hull", "shade_pbr",
-           "mesh_gaussians", "rotation_4d", "covariance_4d", "plane_rotation_4d", "triangle_frames", "twist"]
+           "mesh_gaussians", "relight", "fibonacci_hemisphere",
+           "rotation_4d", "covariance_4d", "plane_rotation_4d", "triangle_frames", "twist"]
 
 
 # ------------------------------------------------------------------ 4D Gaussians
@@ -375,3 +378,89 @@ def twist(verts: torch.Tensor, angle: float) -> torch.Tensor:
     a = angle * verts[:, 2]
     c, s = torch.cos(a), torch.sin(a)
     return torch.stack([c * verts[:, 0] - s * verts[:, 1], s * verts[:, 0] + c * verts[:, 1], verts[:, 2]], -1)
+
+
+# ------------------------------------------------------------------ relightable Gaussians
+
+def fibonacci_hemisphere(normals: torch.Tensor, n_samples: int = 64) -> torch.Tensor:
+    """[N, S, 3] incident directions on each normal's hemisphere (Relightable 3D Gaussians).
+
+    The reference's ``fibonacci_sphere_sampling`` without its training-time random spin:
+    ``z_k = max(sin 10 deg, 1 - 2k / (2S - 1))``, azimuth ``k * pi (3 - sqrt 5)`` (the golden
+    angle), ``(sin, cos)`` of it times ``sqrt(1 - z^2)``, turned from +z to the normal by the
+    rotation about ``z x n`` (``n = -z`` maps by -I). Each sample stands for 2 pi / S steradians.
+    """
+    dtype, device = normals.dtype, normals.device
+    n = normals / normals.norm(dim=-1, keepdim=True).clamp_min(1e-12)
+    k = torch.arange(n_samples, dtype=dtype, device=device)
+    z = (1 - 2 * k / (2 * n_samples - 1)).clamp_min(math.sin(math.radians(10.0)))
+    rad = torch.sqrt(1 - z * z)
+    theta = k * math.pi * (3.0 - math.sqrt(5.0))
+    local = torch.stack([torch.sin(theta) * rad, torch.cos(theta) * rad, z], -1)       # [S, 3]
+    rot = _rotation_from_z(n)
+    return local @ rot.transpose(-1, -2)                                               # [N, S, 3]
+
+
+def _rotation_from_z(n: torch.Tensor) -> torch.Tensor:
+    """[N, 3, 3] rotations taking +z to the unit vectors ``n`` (Rodrigues about z x n)."""
+    vx, vy = -n[:, 1], n[:, 0]                  # v = z x n (v_z = 0)
+    c1 = (n[:, 2] + 1).clamp_min(1e-7)
+    zero, one = torch.zeros_like(vx), torch.ones_like(vx)
+    rot = torch.stack([one - vy * vy / c1, vx * vy / c1, vy,
+                       vx * vy / c1, one - vx * vx / c1, -vx,
+                       -vy, vx, one - (vx * vx + vy * vy) / c1], -1).reshape(-1, 3, 3)
+    flip = -torch.eye(3, dtype=n.dtype, device=n.device).expand_as(rot)
+    return torch.where((n[:, 2] + 1 > 0)[:, None, None], rot, flip)
+
+
+def _sh9(d: torch.Tensor) -> torch.Tensor:
+    """The 9 real SH basis functions of degree <= 2 at unit directions d [..., 3] (3DGS's order and signs)."""
+    x, y, z = d.unbind(-1)
+    return torch.stack([torch.full_like(x, SH_C0), -SH_C1 * y, SH_C1 * z, -SH_C1 * x,
+                        SH_C2[0] * x * y, SH_C2[1] * y * z, SH_C2[2] * (2 * z * z - x * x - y * y),
+                        SH_C2[3] * x * z, SH_C2[4] * (x * x - y * y)], -1)
+
+
+def relight(normals: torch.Tensor, base_color: torch.Tensor, roughness: torch.Tensor, viewdirs: torch.Tensor,
+            visibility: torch.Tensor, env_sh: torch.Tensor, local_sh: torch.Tensor) -> torch.Tensor:
+    """Each Gaussian's outgoing colour [N, 3] under its hemisphere's light (Relightable 3D Gaussians).
+
+    ``S = visibility.shape[1]`` Fibonacci directions per normal (64 in the paper). Light from
+    sample k: ``L_k = max(0, local_sh(w_k)) + max(0, env_sh(w_k)) * visibility[:, k]`` (a global
+    environment, degree-2 SH [9, 3], times the baked visibility, plus per-Gaussian local SH
+    [N, 9, 3]). Then, as the reference's ``rendering_equation``::
+
+        colour = mean_k (base / pi + f_s(w_k)) * L_k * 2 pi * max(0, n . w_k)
+
+    ``f_s``: the reference's ``GGX_specular`` with F0 = 0.04: a = r^2, k = (a + 2r + 1) / 8
+    (= (r + 1)^2 / 8), Fresnel ``F0 + (1 - F0) 2^((-5.55473 v.h - 6.98316) v.h)``, the cosines
+    clamped to [1e-6, 1] with the normal turned towards the viewer, the denominator
+    ``4 pi D' G1' G1'`` clamped to [1e-6, 4 pi].
+    """
+    n_samples = visibility.shape[1]
+    dirs = fibonacci_hemisphere(normals, n_samples)                                    # [N, S, 3]
+    basis = _sh9(dirs)                                                                  # [N, S, 9]
+    env = (basis @ env_sh.to(basis.dtype)).clamp_min(0.0)                               # [N, S, 3]
+    local = torch.einsum("nsk,nkc->nsc", basis, local_sh).clamp_min(0.0)
+    light = local + env * visibility[..., None]
+    n = normals / normals.norm(dim=-1, keepdim=True).clamp_min(1e-12)
+    v = viewdirs / viewdirs.norm(dim=-1, keepdim=True).clamp_min(1e-12)
+    cos_in = (n[:, None] * dirs).sum(-1, keepdim=True).clamp_min(0.0)                  # the transport's n.w
+    n_v_raw = (n * v).sum(-1, keepdim=True)
+    nf = n * torch.where(n_v_raw >= 0, torch.ones_like(n_v_raw), -torch.ones_like(n_v_raw))
+    h = dirs + v[:, None]
+    h = h / h.norm(dim=-1, keepdim=True).clamp_min(1e-12)
+    n_l = (nf[:, None] * dirs).sum(-1, keepdim=True).clamp(1e-6, 1.0)
+    n_v = (nf * v).sum(-1, keepdim=True).clamp(1e-6, 1.0)[:, None]
+    n_h = (nf[:, None] * h).sum(-1, keepdim=True).clamp(1e-6, 1.0)
+    v_h = (v[:, None] * h).sum(-1, keepdim=True).clamp(1e-6, 1.0)
+    r = roughness[:, None, None]
+    a = r * r
+    a2 = a * a
+    k = (a + 2 * r + 1.0) / 8.0
+    fresnel = 0.04 + 0.96 * torch.pow(2.0, (-5.55473 * v_h - 6.98316) * v_h)
+    nom0 = n_h * n_h * (a2 - 1) + 1
+    denom = (4 * math.pi * nom0 * nom0 * (n_v * (1 - k) + k) * (n_l * (1 - k) + k)).clamp(1e-6, 4 * math.pi)
+    f_s = fresnel * a2 / denom
+    f_d = base_color[:, None] / math.pi
+    return ((f_d + f_s) * light * (2 * math.pi) * cos_in).mean(1)
