@@ -4,9 +4,10 @@ The paper (arXiv 2411.16954) read power with ``nvidia-smi`` over the whole proce
 CUTLASS after the run had ended. This meter instead reads
 ``nvmlDeviceGetTotalEnergyConsumption`` (millijoules since the driver loaded) just before
 and just after a loop of the work that lasts at least one second, and subtracts the idle
-power measured over a quiet window first. Shorter windows are refused: on Hopper the power
-NVML reports is a one-second average, and the energy counter is updated at a similar
-pace, so a window of a few milliseconds measures the counter's steps, not the kernel.
+power measured over a quiet window first. Shorter windows are refused: NVML's documentation
+of ``nvmlDeviceGetPowerUsage`` says that on Ampere (except GA100) and newer GPUs, Hopper
+included, the board's power reading is an average over one second, so the sensors behind
+these figures do not resolve a few milliseconds of work; a window of a second or more does.
 
     meter = open_meter()                       # NoMeter (every reading N/A) without a GPU or NVML
     reading = meter.measure(lambda: gemm(a, b), flops=2 * m * n * k)
