@@ -166,7 +166,7 @@ CHAPTERS: tuple[Chapter, ...] = (
         _p("MixLoRA: Enhancing Large Language Models Fine-Tuning with LoRA-based Mixture of Experts",
            "2404.15159"),
         _p("HybriMoE: Hybrid CPU-GPU Scheduling and Cache Management for Efficient MoE Inference",
-           "2504.05897")), status=READY),
+           "2504.05897")), status=READY, extra_families=("gemm",)),  # its grouped GEMM: gemm.tiling
     Chapter("12", "serving", "serving", "Serving under constraints", (
         _p("MoE-Lens: Towards the Hardware Limit of High-Throughput MoE LLM Serving Under Resource "
            "Constraints", "2504.09345"),
