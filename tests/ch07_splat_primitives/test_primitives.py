@@ -306,6 +306,10 @@ def test_bad_input_gets_clear_errors():
                    torch.zeros(2, device=DEV), 0.0)
     with pytest.raises(ValueError, match="Gaussians4D.cov4 must have shape"):
         P.Gaussians4D(torch.zeros(3, 4), torch.zeros(3, 3, 3), torch.zeros(3), torch.zeros(3, 3))
+    verts = (torch.randn(3, 3, 3) * 0.3).to(DEV).requires_grad_()
+    with pytest.raises(RuntimeError, match="render_triangles: the numba setup kernels have no backward pass"):
+        P.render_triangles(verts, torch.ones(3, 3, device=DEV), torch.ones(3, device=DEV), torch.ones(3, device=DEV),
+                           splat.orbit_camera(0, 0, 3.0, 8, 8).to(DEV), backend="numba")
     with pytest.raises(ValueError, match=r"render_triangles: verts must have shape \[N, 3, 3\]"):
         P.render_triangles(torch.zeros(3, 3, 2), torch.zeros(3, 3), torch.ones(3), torch.ones(3),
                            splat.orbit_camera(0, 0, 3.0, 8, 8))

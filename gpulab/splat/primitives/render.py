@@ -71,6 +71,14 @@ def stages_for(backend: str):
     return torch_impl, "torch"
 
 
+def _refuse_grad_on_numba(name: str, what: str, *tensors) -> None:
+    """The numba setup kernels have no backward pass: say so instead of dropping the gradient."""
+    if name == "numba" and torch.is_grad_enabled() and any(isinstance(t, torch.Tensor) and t.requires_grad
+                                                           for t in tensors):
+        raise RuntimeError(f"{what}: the numba setup kernels have no backward pass; train on backend='torch', "
+                           "or render under torch.no_grad()")
+
+
 def project_points(points: torch.Tensor, camera):
     """Pixel coordinates [..., 2] and view depths [...] of world points [..., 3] (pinhole)."""
     view = camera.viewmat.to(device=points.device, dtype=points.dtype)
@@ -92,6 +100,7 @@ def render_4d(scene: Gaussians4D, camera, t: float, backend: str = "auto", backg
     if not isinstance(scene, Gaussians4D):
         raise TypeError(f"render_4d takes a Gaussians4D scene, got {type(scene).__name__}")
     stages, name = stages_for(backend)
+    _refuse_grad_on_numba(name, "render_4d", scene.means4, scene.cov4, scene.opacities, scene.colors)
     means3, cov3, opacities_t = stages.slice_4d(scene.means4, scene.cov4, scene.opacities, t)
     proj = stages.project_covariances(means3, cov3, camera)
     ch06 = ch06_kernels if name == "numba" else ch06_torch
@@ -111,6 +120,7 @@ def render_triangles(verts: torch.Tensor, colors: torch.Tensor, sigmas: torch.Te
     if verts.dim() != 3 or verts.shape[1:] != (3, 3):
         raise ValueError(f"render_triangles: verts must have shape [N, 3, 3], got {list(verts.shape)}")
     stages, name = stages_for(backend)
+    _refuse_grad_on_numba(name, "render_triangles", verts, colors, sigmas, opacities)
     xy, z = project_points(verts, camera)
     depths, in_front = _visible_depths(z, camera)
     params, means2d, radii = stages.triangle_setup(xy.contiguous(), sigmas, opacities, camera.width, camera.height)
@@ -124,6 +134,7 @@ def render_convexes(points: torch.Tensor, colors: torch.Tensor, deltas: torch.Te
     if points.dim() != 3 or points.shape[2] != 3:
         raise ValueError(f"render_convexes: points must have shape [N, K, 3], got {list(points.shape)}")
     stages, name = stages_for(backend)
+    _refuse_grad_on_numba(name, "render_convexes", points, colors, deltas, sigmas, opacities)
     xy, z = project_points(points, camera)
     centre_xy, centre_z = project_points(points.mean(1), camera)
     _, in_front = _visible_depths(z, camera)
@@ -155,7 +166,9 @@ def relit_colours(scene: Gaussians, camera, base_color: torch.Tensor, roughness:
     Normals face the camera; visibility defaults to 1 (chapter 10 bakes it by ray casting),
     the local light to 0.
     """
-    stages, _ = stages_for(backend)
+    stages, name = stages_for(backend)
+    _refuse_grad_on_numba(name, "relit_colours", scene.means, scene.quats, scene.scales, base_color, roughness, env_sh,
+                          visibility, local_sh)
     n = len(scene)
     normal = gaussian_normals(scene)
     to_cam = camera.position.to(scene.means) - scene.means
@@ -251,6 +264,8 @@ def render_mesh_gaussians(verts: torch.Tensor, faces: torch.Tensor, attached: Me
                           backend: str = "auto", background=None) -> Frame:
     """Rebuild the attached Gaussians from the (deformed) mesh ``verts`` and render them."""
     stages, name = stages_for(backend)
+    _refuse_grad_on_numba(name, "render_mesh_gaussians", verts, attached.barys, attached.offsets, attached.local_rot,
+                          attached.scales, attached.opacities, attached.colors)
     means, cov3 = stages.mesh_gaussians(verts, faces, attached.tri_ids, attached.barys, attached.offsets,
                                         attached.local_rot, attached.scales)
     proj = stages.project_covariances(means, cov3, camera)
