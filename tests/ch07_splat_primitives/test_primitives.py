@@ -43,6 +43,7 @@ def test_twins_offer_the_same_signatures():
                  "triangle_frames": "a step the numba mesh kernel does inline",
                  "twist": "a procedural deformation of the mesh, applied before the kernels",
                  "fibonacci_hemisphere": "the sample directions the numba relight kernel makes inline"}
+    assert "indirect_diffuse" in K.__all__
     for name in K.__all__:
         if name.endswith("_kernel") or name == "BLOCK_1D":
             continue
@@ -422,3 +423,27 @@ def test_relight_twins_agree_and_the_diffuse_part_integrates_the_hemisphere():
     # visibility 0 and no local light: dark
     dark = T.relight(normals, albedo, rough, views, torch.zeros(n, 64, dtype=torch.float64), env, rest[2])
     assert (dark == 0).all()
+
+
+# ------------------------------------------------------------------ GI-GS indirect diffuse
+
+def test_indirect_diffuse_twins_agree_bounce_in_a_corner_and_not_off_a_lone_wall():
+    pos, normal, albedo, metal = P.corner_gbuffer(7, 9, 6.0, torch.Generator().manual_seed(1))
+    gen = torch.Generator().manual_seed(2)
+    normal = normal + 1e-3 * torch.randn(7, 9, 3, generator=gen)
+    rgb = torch.rand(7, 9, 3, generator=gen)
+    f0 = 0.04 + (albedo - 0.04) * metal[..., None]
+    args = (pos, normal, rgb, albedo, metal, f0, 6.0, 6.0)
+    spec = T.indirect_diffuse(*(a.double() if isinstance(a, torch.Tensor) else a for a in args), delta=0.25)
+    mine = K.indirect_diffuse(*(a.to(DEV) if isinstance(a, torch.Tensor) else a for a in args), delta=0.25)
+    close(mine, spec, atol=1e-5, rtol=1e-4)
+    full = T.indirect_diffuse(*(a.double() if isinstance(a, torch.Tensor) else a for a in args))
+    lit = full.amax(-1) > 1e-5
+    assert lit.sum() >= 12 and lit[-1].sum() >= 6                  # the floor sees the wall and back
+    assert full[-1].mean() > 100 * full[0].mean()                  # the wall's top row, far from the floor, not
+    wall = pos.clone().double()
+    wall[..., 2] = 2.0                                             # one plane facing the camera
+    flat = torch.zeros_like(normal).double()
+    flat[..., 2] = -1.0
+    lone = T.indirect_diffuse(wall, flat, rgb.double(), albedo.double(), metal.double(), f0.double(), 6.0, 6.0)
+    assert lone.abs().max() < 1e-9                                 # nothing to bounce off

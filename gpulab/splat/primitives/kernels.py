@@ -20,8 +20,8 @@ from ..torch_impl import Projection, tile_grid
 from .constants import F0_DIELECTRIC, MAX_HULL, PAD_OFFSET, TEMPORAL_CULL
 
 __all__ = ["slice_4d_kernel", "project_cov_kernel", "triangle_setup_kernel", "convex_setup_kernel", "shade_kernel",
-           "mesh_gaussians_kernel", "relight_kernel", "slice_4d", "project_covariances", "triangle_setup",
-           "convex_setup", "shade_pbr", "mesh_gaussians", "relight", "BLOCK_1D"]
+           "mesh_gaussians_kernel", "relight_kernel", "indirect_kernel", "slice_4d", "project_covariances", "triangle_setup",
+           "convex_setup", "shade_pbr", "mesh_gaussians", "relight", "indirect_diffuse", "BLOCK_1D"]
 
 BLOCK_1D = 128
 _F0, _F1, _F2, _HALF = np.float32(0.0), np.float32(1.0), np.float32(2.0), np.float32(0.5)
@@ -570,3 +570,96 @@ def relight(normals: torch.Tensor, base_color: torch.Tensor, roughness: torch.Te
                                          viewdirs.contiguous(), visibility.contiguous(), env_sh.contiguous(),
                                          local_sh.contiguous(), colors)
     return colors
+
+
+# ------------------------------------------------------------------ GI-GS: screen-space indirect diffuse
+
+@cuda.jit(device=True)
+def _round_half_away(x):
+    """CUDA's roundf: halves away from zero."""
+    r = math.floor(abs(x) + _HALF)
+    return r if x >= _F0 else -r
+
+
+@kernel
+def indirect_kernel(pos, normal, rgb, albedo, metallic, f0, fx, fy, radius, bias, thick, delta, steps, start,
+                    n_phi, n_theta, out):
+    """One thread per pixel: hemisphere grid x screen-space march (see torch_impl.indirect_diffuse)."""
+    x, y = cuda.grid(2)
+    h = out.shape[0]
+    w = out.shape[1]
+    if x >= w or y >= h:
+        return
+    px, py, pz = pos[y, x, 0], pos[y, x, 1], pos[y, x, 2]
+    nx, ny, nz = normal[y, x, 0], normal[y, x, 1], normal[y, x, 2]
+    inv = _F1 / max(math.sqrt(nx * nx + ny * ny + nz * nz), _LEN_MIN)
+    nx, ny, nz = nx * inv, ny * inv, nz * inv
+    tx, ty, tz = -nx * ny, _F1 - ny * ny, -nz * ny            # up - n (n . up), up = (0, 1, 0)
+    inv = _F1 / max(math.sqrt(tx * tx + ty * ty + tz * tz), _LEN_MIN)
+    tx, ty, tz = tx * inv, ty * inv, tz * inv
+    bx, by, bz = ny * tz - nz * ty, nz * tx - nx * tz, nx * ty - ny * tx
+    inv = _F1 / max(math.sqrt(bx * bx + by * by + bz * bz), _LEN_MIN)
+    bx, by, bz = bx * inv, by * inv, bz * inv
+    inv = _F1 / max(math.sqrt(px * px + py * py + pz * pz), _LEN_MIN)
+    cos_v = max(-(nx * px + ny * py + nz * pz) * inv, np.float32(1e-7))
+    schlick = min(max(_F1 - cos_v, _EPS6), _F1) ** 5
+    scale = (_F1 + pz / np.float32(100.0)) * (_F1 + pz / np.float32(100.0)) * radius / float32(steps)
+    cx = float32(w) / _F2
+    cy = float32(h) / _F2
+    acc0 = _F0
+    acc1 = _F0
+    acc2 = _F0
+    count = 0
+    for i in range(n_phi):
+        phi = float32(i) * delta * _PI
+        for j in range(n_theta):
+            theta = float32(j) * delta * _HALF * _PI
+            st, ct = math.sin(theta), math.cos(theta)
+            lx, ly, lz = st * math.cos(phi), st * math.sin(phi), ct
+            dx = lx * tx + ly * bx + lz * nx
+            dy = lx * ty + ly * by + lz * ny
+            dz = lx * tz + ly * bz + lz * nz
+            weight = ct * st
+            count += 1
+            for s in range(start, steps):
+                step = float32(s) * scale
+                qx, qy, qz = px + dx * step, py + dy * step, pz + dz * step
+                sx = _round_half_away(qx / (qz + np.float32(1e-7)) * fx + cx)
+                sy = _round_half_away(qy / (qz + np.float32(1e-7)) * fy + cy)
+                if sx < _F0 or sx > float32(w - 1) or sy < _F0 or sy > float32(h - 1):
+                    break
+                ix = int32(sx)
+                iy = int32(sy)
+                sample_depth = pos[iy, ix, 2]
+                if sample_depth <= qz + bias and sample_depth >= qz - thick:
+                    acc0 += rgb[iy, ix, 0] * weight
+                    acc1 += rgb[iy, ix, 1] * weight
+                    acc2 += rgb[iy, ix, 2] * weight
+                    break
+    norm = _PI / float32(count)
+    m = metallic[y, x]
+    for ch in range(3):
+        fresnel = f0[y, x, ch] + (_F1 - f0[y, x, ch]) * schlick
+        k_d = (_F1 - fresnel) * (_F1 - m)
+        total = acc0 if ch == 0 else (acc1 if ch == 1 else acc2)
+        out[y, x, ch] = norm * total * k_d * albedo[y, x, ch]
+
+
+def indirect_diffuse(pos: torch.Tensor, normal: torch.Tensor, rgb: torch.Tensor, albedo: torch.Tensor,
+                     metallic: torch.Tensor, f0: torch.Tensor, fx: float, fy: float, radius: float = 0.8,
+                     bias: float = 0.01, thick: float = 0.05, delta: float = 0.0625, steps: int = 16,
+                     start: int = 8) -> torch.Tensor:
+    """numba twin of :func:`torch_impl.indirect_diffuse`."""
+    _require(pos, "pos", (None, None, 3))
+    h, w = pos.shape[:2]
+    for name, t in (("normal", normal), ("rgb", rgb), ("albedo", albedo), ("f0", f0)):
+        _require(t, name, (h, w, 3))
+    _require(metallic, "metallic", (h, w))
+    n_phi = math.ceil(2.0 / delta - 1e-9)
+    n_theta = int(round(0.5 / (delta * 0.5))) + 1
+    out = torch.empty(h, w, 3, dtype=torch.float32, device=pos.device)
+    indirect_kernel[((w + 15) // 16, (h + 15) // 16), (16, 16)](
+        pos.contiguous(), normal.contiguous(), rgb.contiguous(), albedo.contiguous(), metallic.contiguous(),
+        f0.contiguous(), _f32(fx), _f32(fy), _f32(radius), _f32(bias), _f32(thick), _f32(delta), int(steps),
+        int(start), int(n_phi), int(n_theta), out)
+    return out

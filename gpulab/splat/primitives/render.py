@@ -27,7 +27,7 @@ from .footprints import CONVEX, TRIANGLE
 
 __all__ = ["Gaussians4D", "Frame", "stages_for", "project_points", "render_4d", "render_triangles",
            "render_convexes", "gbuffer_features", "render_gbuffer", "resolve_gbuffer", "MeshGaussians", "toy_cylinder",
-           "attach_random", "render_mesh_gaussians", "gaussian_normals", "relit_colours"]
+           "attach_random", "render_mesh_gaussians", "gaussian_normals", "relit_colours", "corner_gbuffer"]
 
 
 @dataclass
@@ -149,6 +149,23 @@ def render_convexes(points: torch.Tensor, colors: torch.Tensor, deltas: torch.Te
 def gbuffer_features(depths, normals, albedo, roughness, metallic) -> torch.Tensor:
     """Per-primitive G-buffer channels [N, 9]: depth, normal (3), albedo (3), roughness, metallic."""
     return torch.cat([depths[:, None], normals, albedo, roughness[:, None], metallic[:, None]], -1).contiguous()
+
+
+def corner_gbuffer(height: int, width: int, focal: float, generator: torch.Generator | None = None):
+    """A view-space G-buffer of a floor meeting a back wall (where indirect light bounces):
+    (pos [H, W, 3], normal [H, W, 3], albedo [H, W, 3], metallic [H, W]); y points down."""
+    g = generator or torch.Generator().manual_seed(0)
+    ys, xs = torch.meshgrid(torch.arange(height, dtype=torch.float32), torch.arange(width, dtype=torch.float32),
+                            indexing="ij")
+    ray = torch.stack([(xs - width / 2) / focal, (ys - height / 2) / focal, torch.ones_like(xs)], -1)
+    wall_t = 2.0 / ray[..., 2]
+    floor_t = torch.where(ray[..., 1] > 1e-6, 0.5 / ray[..., 1].clamp_min(1e-6), torch.full_like(xs, 1e9))
+    on_floor = floor_t < wall_t
+    pos = ray * torch.where(on_floor, floor_t, wall_t)[..., None]
+    normal = torch.where(on_floor[..., None], torch.tensor([0.0, -1.0, 0.0]), torch.tensor([0.0, 0.0, -1.0]))
+    albedo = torch.where(on_floor[..., None], torch.tensor([0.8, 0.8, 0.75]), torch.tensor([0.9, 0.25, 0.2]))
+    albedo = (albedo * (0.9 + 0.1 * torch.rand(height, width, 1, generator=g))).contiguous()
+    return pos.contiguous(), normal.contiguous(), albedo, torch.zeros(height, width)
 
 
 def gaussian_normals(scene: Gaussians) -> torch.Tensor:

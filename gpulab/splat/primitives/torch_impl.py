@@ -24,7 +24,7 @@ from ..torch_impl import Projection, conic_and_radius, project_covariance, tile_
 from .constants import F0_DIELECTRIC, MAX_HULL, PAD_OFFSET, TEMPORAL_CULL
 
 __all__ = ["slice_4d", "project_covariances", "triangle_setup", "convex_setup", "convex_hull", "shade_pbr",
-           "mesh_gaussians", "relight", "fibonacci_hemisphere",
+           "mesh_gaussians", "relight", "indirect_diffuse", "fibonacci_hemisphere",
            "rotation_4d", "covariance_4d", "plane_rotation_4d", "triangle_frames", "twist"]
 
 
@@ -464,3 +464,70 @@ def relight(normals: torch.Tensor, base_color: torch.Tensor, roughness: torch.Te
     f_s = fresnel * a2 / denom
     f_d = base_color[:, None] / math.pi
     return ((f_d + f_s) * light * (2 * math.pi) * cos_in).mean(1)
+
+
+# ------------------------------------------------------------------ GI-GS: screen-space indirect diffuse
+
+def _round_half_away(x: torch.Tensor) -> torch.Tensor:
+    """CUDA's roundf: halves away from zero (torch.round sends them to the even neighbour)."""
+    return torch.sign(x) * torch.floor(x.abs() + 0.5)
+
+
+def indirect_diffuse(pos: torch.Tensor, normal: torch.Tensor, rgb: torch.Tensor, albedo: torch.Tensor,
+                     metallic: torch.Tensor, f0: torch.Tensor, fx: float, fy: float, radius: float = 0.8,
+                     bias: float = 0.01, thick: float = 0.05, delta: float = 0.0625, steps: int = 16,
+                     start: int = 8) -> torch.Tensor:
+    """GI-GS's screen-space indirect diffuse [H, W, 3] from a G-buffer in view space.
+
+    ``pos`` [H, W, 3] view-space points, ``normal`` [H, W, 3], ``rgb`` [H, W, 3] the direct
+    pass, ``albedo`` [H, W, 3], ``metallic`` [H, W], ``f0`` [H, W, 3]. As the reference's
+    ``SSRCUDA``: a hemisphere grid around the normal (tangent from the up vector (0, 1, 0)),
+    phi in steps of ``delta * pi`` over [0, 2 pi), theta in steps of ``delta * pi / 2`` over
+    [0, pi / 2]; along each direction, marching steps ``start .. steps - 1`` of length
+    ``(1 + z / 100)^2 * radius / steps``, projected with the image centre as principal point
+    and rounded; the first step whose buffer depth lies in [z - thick, z + bias] is a hit and
+    adds that pixel's ``rgb * cos(theta) sin(theta)``; a step off screen ends the direction.
+    Then ``pi * sum / n_directions * kD * albedo`` with ``kD = (1 - F)(1 - metallic)``,
+    ``F = F0 + (1 - F0) (1 - n.v)^5``. (The reference steps theta by float accumulation; here
+    the grid is by index, theta_i = i * delta * pi / 2 for i = 0 .. 1 / delta.)
+    """
+    h, w = pos.shape[:2]
+    dtype, device = pos.dtype, pos.device
+    n = normal / normal.norm(dim=-1, keepdim=True).clamp_min(1e-12)
+    up = torch.tensor([0.0, 1.0, 0.0], dtype=dtype, device=device)
+    t = up - n * (n * up).sum(-1, keepdim=True)
+    t = t / t.norm(dim=-1, keepdim=True).clamp_min(1e-12)
+    b = torch.linalg.cross(n, t)
+    b = b / b.norm(dim=-1, keepdim=True).clamp_min(1e-12)
+    v = -pos / pos.norm(dim=-1, keepdim=True).clamp_min(1e-12)
+    cos_v = (n * v).sum(-1, keepdim=True).clamp_min(1e-7)
+    fresnel = f0 + (1 - f0) * (1 - cos_v).clamp(1e-6, 1.0) ** 5
+    k_d = (1 - fresnel) * (1 - metallic[..., None])
+    depth = pos[..., 2]
+    scale = (1 + depth / 100) ** 2 * radius / steps                                    # [H, W]
+    cx, cy = w / 2.0, h / 2.0
+    total = torch.zeros(h, w, 3, dtype=dtype, device=device)
+    n_phi = math.ceil(2.0 / delta - 1e-9)
+    n_theta = int(round(0.5 / (delta * 0.5))) + 1
+    count = 0
+    for i in range(n_phi):
+        phi = i * delta * math.pi
+        for j in range(n_theta):
+            theta = j * delta * 0.5 * math.pi
+            local = (math.sin(theta) * math.cos(phi), math.sin(theta) * math.sin(phi), math.cos(theta))
+            direction = local[0] * t + local[1] * b + local[2] * n                      # [H, W, 3]
+            weight = math.cos(theta) * math.sin(theta)
+            count += 1
+            alive = torch.ones(h, w, dtype=torch.bool, device=device)                 # still marching
+            for s in range(start, steps):
+                p = pos + direction * (s * scale)[..., None]
+                px = _round_half_away(p[..., 0] / (p[..., 2] + 1e-7) * fx + cx)
+                py = _round_half_away(p[..., 1] / (p[..., 2] + 1e-7) * fy + cy)
+                alive = alive & (px >= 0) & (px <= w - 1) & (py >= 0) & (py <= h - 1)
+                ix = px.clamp(0, w - 1).long()
+                iy = py.clamp(0, h - 1).long()
+                sample_depth = depth[iy, ix]
+                hit = alive & (sample_depth <= p[..., 2] + bias) & (sample_depth >= p[..., 2] - thick)
+                total = total + torch.where(hit[..., None], rgb[iy, ix] * weight, torch.zeros_like(total))
+                alive = alive & ~hit
+    return math.pi * total / count * k_d * albedo
