@@ -128,7 +128,7 @@ CHAPTERS: tuple[Chapter, ...] = (
     Chapter("04", "attention", "attention", "Attention kernels", (
         _p("FastAttention: Extend FlashAttention2 to NPUs and Low-resource GPUs", "2410.16663"),
         _p("SLA: Beyond Sparsity in Diffusion Transformers via Fine-Tunable Sparse-Linear Attention",
-           "2509.24006"))),
+           "2509.24006")), status=BUILT),
     Chapter("05", "low_precision", "lowbit", "Low precision and sparsity", (
         _p("Tilus: A Virtual Machine for Arbitrary Low-Precision GPGPU Computation in LLM Serving", "2504.12984"),
         _p("QMoE: Practical Sub-1-Bit Compression of Trillion-Parameter Models", "2310.16795"),
