@@ -20,7 +20,8 @@ from ..torch_impl import Projection, tile_grid
 from .constants import F0_DIELECTRIC, MAX_HULL, PAD_OFFSET, TEMPORAL_CULL
 
 __all__ = ["slice_4d_kernel", "project_cov_kernel", "triangle_setup_kernel", "convex_setup_kernel", "shade_kernel",
-           "mesh_gaussians_kernel", "relight_kernel", "indirect_kernel", "slice_4d", "project_covariances", "triangle_setup",
+           "mesh_gaussians_kernel", "relight_kernel", "indirect_kernel",
+           "slice_4d", "project_covariances", "triangle_setup",
            "convex_setup", "shade_pbr", "mesh_gaussians", "relight", "indirect_diffuse", "BLOCK_1D"]
 
 BLOCK_1D = 128
