@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import functools
 
-from numba import cuda
+from numba import cuda, float32
 
 import gpulab
 from .intrinsics import clock64
@@ -52,14 +52,14 @@ def divergence_kernel(x, iters, ways, out, cycles):
     the warp's clock64 cycles (0 under the simulator)."""
     i = cuda.grid(1)
     lane = cuda.threadIdx.x % 32
-    acc = x[i] if i < x.size else 0.0
+    acc = x[i] if i < x.size else float32(0.0)
     c0 = clock64()
     branch = lane % ways
     for b in range(ways):
         if branch == b:
-            k = 1.0 + 0.001 * b
+            k = float32(1.0 + 0.001 * b)        # float32 throughout: a bare 0.999 is float64 (DFMA)
             for _ in range(iters):
-                acc = acc * 0.999 + k
+                acc = acc * float32(0.999) + k
     c1 = clock64()
     if i < out.size:
         out[i] = acc
@@ -79,7 +79,7 @@ def ffma_kernel(ilp: int):
     def ffma_chains(x, iters, out, cycles):
         t = cuda.threadIdx.x
         a = x[t]
-        b = x[t] + 1.0
+        b = x[t] + float32(1.0)         # a bare 1.0 is float64: the chains would be DFMAs, not FFMAs
         c0 = c1 = c2 = c3 = c4 = c5 = c6 = c7 = a
         cuda.syncthreads()
         start = clock64()
