@@ -12,8 +12,8 @@ arXiv 1903.07486):
 A dependence-counter field of 7 means none. The yield bit is stored inverted: 0 asks the
 scheduler to yield (CuAssembler prints ``Y`` for it). :func:`parse_sass` turns a listing into
 :class:`gpulab.arch.issue_model.Instr` rows the issue model runs; :func:`sass_of` asks the
-tools on a GPU machine for a numba kernel's SASS (``nvdisasm`` through numba, or
-``cuobjdump`` on its cubin), whichever is there.
+tools on a GPU machine for a numba kernel's SASS with its encodings (``cuobjdump -sass``
+or ``nvdisasm -hex`` on its cubin), whichever is there.
 """
 from __future__ import annotations
 
@@ -102,30 +102,30 @@ def parse_sass(listing: str, latencies: dict | None = None) -> list[Instr]:
 
 
 def sass_of(kernel, signature) -> tuple[str, str]:
-    """(SASS listing, the tool that produced it) for a ``gpulab.kernel`` compiled for
-    ``signature`` on this GPU: numba's ``inspect_sass`` (nvdisasm), else ``cuobjdump -sass``
-    on the cubin. Raises RuntimeError naming what was tried when neither is installed."""
+    """(SASS listing WITH each instruction's two 64-bit words, the tool that produced it) for
+    a ``gpulab.kernel`` compiled for ``signature`` on this GPU. The control bits live in those
+    words, so the listing comes from ``cuobjdump -sass`` (prints them) or ``nvdisasm -hex``
+    on the kernel's cubin; numba's own ``inspect_sass`` runs ``nvdisasm -gi``, which prints
+    no encodings, so it is not used here. Raises RuntimeError naming what was tried."""
     dispatcher = getattr(kernel, "dispatcher", kernel)
     compiled = dispatcher.compile(tuple(signature))
+    cubin = compiled._codelibrary.get_cubin()
     tried = []
-    try:
-        return compiled.inspect_sass(), "nvdisasm (numba inspect_sass)"
-    except Exception as e:  # noqa: BLE001  (which tools a machine has varies; say what failed)
-        tried.append(f"nvdisasm via numba: {type(e).__name__}: {e}")
-    tool = shutil.which("cuobjdump")
-    if tool:
-        cubin = compiled._codelibrary.get_cubin()
+    for tool, flags in (("cuobjdump", ["-sass"]), ("nvdisasm", ["-hex"])):
+        path = shutil.which(tool)
+        if not path:
+            tried.append(f"{tool}: not on PATH")
+            continue
         with tempfile.TemporaryDirectory() as d:
-            path = Path(d) / "kernel.cubin"
-            path.write_bytes(cubin)
-            done = subprocess.run([tool, "-sass", str(path)], capture_output=True, text=True, timeout=60)
-        if done.returncode == 0:
-            return done.stdout, "cuobjdump -sass"
-        tried.append(f"cuobjdump: {done.stderr.strip()[:200]}")
-    else:
-        tried.append("cuobjdump: not on PATH")
-    raise RuntimeError("no SASS disassembler found: " + "; ".join(tried))
-
+            cubin_path = Path(d) / "kernel.cubin"
+            cubin_path.write_bytes(cubin)
+            done = subprocess.run([path, *flags, str(cubin_path)], capture_output=True, text=True, timeout=60)
+        decoded = parse_sass(done.stdout) if done.returncode == 0 else []
+        if decoded:
+            return done.stdout, f"{tool} {' '.join(flags)}"
+        tried.append(f"{tool}: rc={done.returncode}, no instruction with its encoding words; "
+                     f"{done.stderr.strip()[:200]}")
+    raise RuntimeError("no SASS listing with instruction encodings: " + "; ".join(tried))
 
 
 _LABEL = re.compile(r"^\s*(\.L_x_\d+):", re.M)
