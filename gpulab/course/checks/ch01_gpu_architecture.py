@@ -92,9 +92,17 @@ def _verify_chain(case):
                 f"{_cycle_through_zero(succ)} of the {lines} lines, a smaller working set than asked. A random "
                 "permutation (np.random.permutation, torch.randperm) has about ln(n) cycles; Sattolo's "
                 "algorithm (swap i with a j < i, never i itself) makes ONE")
-    if lines >= 8 and np.mean(succ == (np.arange(lines) + 1) % lines) > 0.5:
-        return ("the chain visits the lines in order: a prefetcher (and the TLB) sees the pattern and hides "
-                "the latency; visit them in a random order (one random cycle)")
+    if lines >= 16:
+        # a fixed step between most lines (+1: in order, -1: backwards, +k: a constant stride) is a
+        # pattern a prefetcher (and the TLB) follows; a random cycle has no step that common
+        steps = (succ - np.arange(lines)) % lines
+        step, count = np.unique(steps, return_counts=True)
+        common = int(step[np.argmax(count)])
+        if count.max() > 3 * lines // 4:          # a random cycle of 16 lines: never seen in 10^5
+            signed = common - lines if common > lines // 2 else common
+            return (f"the chain visits the lines in order, most lines pointing {signed:+d} lines on: a prefetcher "
+                    "(and the TLB) sees the pattern and hides the latency; visit them in a random order (one "
+                    "random cycle)")
     return None
 
 
@@ -447,6 +455,8 @@ def _chain_planted(mistake):
             succ = torch.randperm(lines, generator=gen)
         elif mistake == "sequential":
             succ = (torch.arange(lines) + 1) % lines
+        elif mistake == "backwards":                  # one cycle too, walked from the last line down
+            succ = (torch.arange(lines) - 1) % lines
         elif mistake == "fisher_yates":               # j drawn from 0..i: Fisher-Yates, not Sattolo
             succ = list(range(lines))
             for i in range(lines - 1, 0, -1):
@@ -475,6 +485,7 @@ MAKE_CHAIN.planted = [
     Planted("torch.randperm: several cycles", _chain_planted("permutation"), "cycles"),
     Planted("Fisher-Yates instead of Sattolo", _chain_planted("fisher_yates"), "Sattolo"),
     Planted("lines in order", _chain_planted("sequential"), "in order"),
+    Planted("lines in order, backwards", _chain_planted("backwards"), "-1 lines on"),
     Planted("one element per line ignored", _chain_planted("no_stride"), "one element per cache line"),
     Planted("the last line points past the end", _chain_planted("past_the_end"), "out of range"),
     Planted("the package's own", _own_chain, "instead of computing"),
