@@ -7,8 +7,9 @@ Writes benchmarks/results/07_splat_primitives.{json,md}, the md rendered from th
    primitives at 1920x1080, max |difference|).
 2. For 100k and 1M primitives (10k and 100k with --quick) built on the same random scene
    (chapter 06's ``random_gaussians``: each Gaussian becomes a triangle or a 6-point convex of
-   about its size), the median time of the whole numba frame (setup + bin + sort +
-   composite) and of the composite alone (``rasterize`` on the table) per footprint, beside
+   about its size, or a Gabor: the Gaussian with two random frequencies of weight 0.3), the
+   median time of the whole numba frame (setup + bin + sort + composite) and of the composite
+   alone (``rasterize`` on the table) per footprint, beside
    chapter 06's Gaussian frame; for 4D Gaussians (the same Gaussians given a time axis and a
    small space-time rotation, all of them visible at the frame's t) the slice kernel alone
    and the whole frame at t, beside the 3DGS frame of the same scene.
@@ -104,11 +105,16 @@ def frames(g: splat.Gaussians, camera, backend: str):
     verts, tri_sigma = triangles_of(g, gen)
     points, deltas, sigmas = convexes_of(g, gen)
     s4 = scene_4d(g, gen)
+    cov = splat.torch_impl.covariance_3d(g.quats, g.scales)
+    waves = torch.randn(len(g), 2, 3, generator=gen).to(g.means.device)
+    freqs = (waves / g.scales.amax(-1)[:, None, None]).contiguous()    # about one cycle per standard deviation
+    weights = torch.full((len(g), 2), 0.3, device=g.means.device)
     return {
         "gaussian": lambda: splat.render(g, camera, backend=backend, features=colours),
         "4d": lambda: P.render_4d(s4, camera, 0.5, backend=backend),
         "triangle": lambda: P.render_triangles(verts, colours, tri_sigma, g.opacities, camera, backend=backend),
         "convex": lambda: P.render_convexes(points, colours, deltas, sigmas, g.opacities, camera, backend=backend),
+        "gabor": lambda: P.render_gabors(g.means, cov, freqs, weights, g.opacities, colours, camera, backend=backend),
     }, s4
 
 
@@ -135,7 +141,7 @@ def time_sizes(sizes, camera) -> dict:
             row[f"{kind}_frame_ms"] = round(harness.bench(fn, warmup=3, max_seconds=MAX_SECONDS).median_ms, 4)
             frame = fn()
             if kind != "gaussian":
-                footprint = {"4d": splat.GAUSSIAN, "triangle": P.TRIANGLE, "convex": P.CONVEX}[kind]
+                footprint = {"4d": splat.GAUSSIAN, "triangle": P.TRIANGLE, "convex": P.CONVEX, "gabor": P.GABOR}[kind]
                 features = s4.colors if kind == "4d" else colours_of(g)
                 depths = _depths_for(kind, frame, g, camera, s4)
                 composite = (lambda f=frame, fp=footprint, feats=features, d=depths: splat.rasterize(
@@ -235,7 +241,7 @@ def report(data: dict, meta: dict | None = None, quick: bool = False) -> gb.Resu
                          "gsplat forward", gs_ms, goal=GOAL_VS_REFERENCE, unit="ms", note=source)
     rows = []
     for size, r in sorted(timings.items()):
-        for kind in ("gaussian", "4d", "triangle", "convex"):
+        for kind in ("gaussian", "4d", "triangle", "convex", "gabor"):
             rows.append([f"{size:,}", kind, cell(r[f"{kind}_frame_ms"]), cell(r.get(f"{kind}_composite_ms")),
                          cell(r[f"{kind}_frame_ms"] / r["gaussian_frame_ms"]), cell(r.get(f"{kind}_pairs"))])
     results.section("Frame and composite per footprint (ms)", table={

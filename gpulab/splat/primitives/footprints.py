@@ -20,7 +20,8 @@ from ..footprints import Footprint
 from .constants import MAX_HULL
 
 __all__ = ["triangle_alpha", "triangle_alpha_device", "convex_alpha", "convex_alpha_device", "TRIANGLE", "CONVEX",
-           "TRIANGLE_PARAMS", "CONVEX_PARAMS"]
+           "TRIANGLE_PARAMS", "CONVEX_PARAMS", "gabor_alpha", "gabor_alpha_device", "GABOR", "GABOR_PARAMS",
+           "GABOR_FREQS"]
 
 TRIANGLE_PARAMS = 12                    # 3 x (nx, ny, c), phi(s), sigma, opacity
 CONVEX_PARAMS = 3 * MAX_HULL + 3        # 8 x (nx, ny, c), delta', sigma', opacity
@@ -97,3 +98,49 @@ def convex_alpha_device(batch, j, px, py):
 
 TRIANGLE = Footprint("triangle", TRIANGLE_PARAMS, triangle_alpha, triangle_alpha_device)
 CONVEX = Footprint("convex", CONVEX_PARAMS, convex_alpha, convex_alpha_device)
+
+
+# ------------------------------------------------------------------ Gabor
+
+GABOR_FREQS = 2                          # frequencies per Gabor primitive
+GABOR_PARAMS = 6 + 3 * GABOR_FREQS       # the Gaussian's 6, then per frequency (f_x, f_y, weight x attenuation)
+_TWO_PI = np.float32(2.0 * math.pi)
+
+
+def gabor_alpha(params: torch.Tensor, px, py) -> torch.Tensor:
+    """A Gabor footprint: the Gaussian's alpha times ``max(0, 1 - sum_k w_k + sum_k w_k a_k cos(2 pi f_k . d))``.
+
+    ``d = p - mean``; ``f_k`` is the k-th frequency projected to the screen and ``w_k a_k`` its
+    weight times the attenuation the ray integral gives (:func:`.torch_impl.gabor_setup`). With
+    every frequency 0 the modulation is 1 and this is the Gaussian; it never exceeds 1, so the
+    Gaussian's box bounds it.
+    """
+    dx = px - params[..., 0]
+    dy = py - params[..., 1]
+    modulation = 1.0
+    for k in range(GABOR_FREQS):
+        fx, fy, wa = params[..., 6 + 3 * k], params[..., 7 + 3 * k], params[..., 8 + 3 * k]
+        modulation = modulation + wa * (torch.cos(2 * math.pi * (fx * dx + fy * dy)) - 1.0)
+    power = -0.5 * (params[..., 2] * dx * dx + params[..., 4] * dy * dy) - params[..., 3] * dx * dy
+    alpha = params[..., 5] * torch.exp(power.clamp_max(0.0)) * torch.as_tensor(modulation).clamp_min(0.0)
+    return torch.where(power > 0, torch.zeros_like(alpha), alpha.clamp_max(ALPHA_MAX))
+
+
+@cuda.jit(device=True)
+def gabor_alpha_device(batch, j, px, py):
+    """The numba twin of :func:`gabor_alpha`."""
+    dx = px - batch[j, 0]
+    dy = py - batch[j, 1]
+    power = -np.float32(0.5) * (batch[j, 2] * dx * dx + batch[j, 4] * dy * dy) - batch[j, 3] * dx * dy
+    if power > _ZERO:
+        return _ZERO
+    modulation = _ONE
+    for k in range(GABOR_FREQS):
+        modulation += batch[j, 8 + 3 * k] * (math.cos(_TWO_PI * (batch[j, 6 + 3 * k] * dx + batch[j, 7 + 3 * k] * dy))
+                                             - _ONE)
+    if modulation <= _ZERO:
+        return _ZERO
+    return min(_ALPHA_MAX, batch[j, 5] * math.exp(power) * modulation)
+
+
+GABOR = Footprint("gabor", GABOR_PARAMS, gabor_alpha, gabor_alpha_device)

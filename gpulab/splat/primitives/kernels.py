@@ -20,9 +20,9 @@ from ..torch_impl import Projection, tile_grid
 from .constants import F0_DIELECTRIC, MAX_HULL, PAD_OFFSET, TEMPORAL_CULL
 
 __all__ = ["slice_4d_kernel", "project_cov_kernel", "triangle_setup_kernel", "convex_setup_kernel", "shade_kernel",
-           "mesh_gaussians_kernel", "relight_kernel", "indirect_kernel",
+           "mesh_gaussians_kernel", "relight_kernel", "indirect_kernel", "gabor_setup_kernel",
            "slice_4d", "project_covariances", "triangle_setup",
-           "convex_setup", "shade_pbr", "mesh_gaussians", "relight", "indirect_diffuse", "BLOCK_1D"]
+           "convex_setup", "shade_pbr", "mesh_gaussians", "relight", "indirect_diffuse", "gabor_setup", "BLOCK_1D"]
 
 BLOCK_1D = 128
 _F0, _F1, _F2, _HALF = np.float32(0.0), np.float32(1.0), np.float32(2.0), np.float32(0.5)
@@ -664,3 +664,79 @@ def indirect_diffuse(pos: torch.Tensor, normal: torch.Tensor, rgb: torch.Tensor,
         f0.contiguous(), _f32(fx), _f32(fy), _f32(radius), _f32(bias), _f32(thick), _f32(delta), int(steps),
         int(start), int(n_phi), int(n_theta), out)
     return out
+
+
+# ------------------------------------------------------------------ Gabor primitives
+
+@kernel
+def gabor_setup_kernel(means, cov3, freqs, weights, opacities, view, fx, fy, lim_x, lim_y, near, means2d, conics,
+                       radii, params):
+    """One thread per Gabor: its projected frequencies and attenuations (torch_impl.project_frequencies)."""
+    i = cuda.grid(1)
+    if i >= means.shape[0]:
+        return
+    n_cols = params.shape[1]
+    for c in range(n_cols):
+        params[i, c] = _F0
+    if radii[i] <= 0:
+        return
+    params[i, 0] = means2d[i, 0]
+    params[i, 1] = means2d[i, 1]
+    params[i, 2] = conics[i, 0]
+    params[i, 3] = conics[i, 1]
+    params[i, 4] = conics[i, 2]
+    params[i, 5] = opacities[i]
+    px, py, pz = means[i, 0], means[i, 1], means[i, 2]
+    x = view[0, 0] * px + view[0, 1] * py + view[0, 2] * pz + view[0, 3]
+    y = view[1, 0] * px + view[1, 1] * py + view[1, 2] * pz + view[1, 3]
+    z = view[2, 0] * px + view[2, 1] * py + view[2, 2] * pz + view[2, 3]
+    z = z if z > near else _F1
+    tx = min(lim_x, max(-lim_x, x / z)) * z
+    ty = min(lim_y, max(-lim_y, y / z)) * z
+    j00, j02 = fx / z, -fx * tx / (z * z)
+    j11, j12 = fy / z, -fy * ty / (z * z)
+    t = cuda.local.array((2, 3), float32)
+    for c in range(3):
+        t[0, c] = j00 * view[0, c] + j02 * view[2, c]
+        t[1, c] = j11 * view[1, c] + j12 * view[2, c]
+    ts = cuda.local.array((2, 3), float32)                      # T Sigma
+    for r in range(2):
+        for c in range(3):
+            ts[r, c] = t[r, 0] * cov3[i, 0, c] + t[r, 1] * cov3[i, 1, c] + t[r, 2] * cov3[i, 2, c]
+    s00 = ts[0, 0] * t[0, 0] + ts[0, 1] * t[0, 1] + ts[0, 2] * t[0, 2]
+    s01 = ts[0, 0] * t[1, 0] + ts[0, 1] * t[1, 1] + ts[0, 2] * t[1, 2]
+    s11 = ts[1, 0] * t[1, 0] + ts[1, 1] * t[1, 1] + ts[1, 2] * t[1, 2]
+    det = s00 * s11 - s01 * s01
+    if det <= _F0:
+        return
+    for k in range(freqs.shape[1]):
+        f0, f1, f2 = freqs[i, k, 0], freqs[i, k, 1], freqs[i, k, 2]
+        g0 = ts[0, 0] * f0 + ts[0, 1] * f1 + ts[0, 2] * f2      # g = T Sigma f
+        g1 = ts[1, 0] * f0 + ts[1, 1] * f1 + ts[1, 2] * f2
+        u0 = (s11 * g0 - s01 * g1) / det                        # f2 = S2^-1 g
+        u1 = (s00 * g1 - s01 * g0) / det
+        sf0 = cov3[i, 0, 0] * f0 + cov3[i, 0, 1] * f1 + cov3[i, 0, 2] * f2
+        sf1 = cov3[i, 1, 0] * f0 + cov3[i, 1, 1] * f1 + cov3[i, 1, 2] * f2
+        sf2 = cov3[i, 2, 0] * f0 + cov3[i, 2, 1] * f1 + cov3[i, 2, 2] * f2
+        quad = max(f0 * sf0 + f1 * sf1 + f2 * sf2 - (g0 * u0 + g1 * u1), _F0)
+        params[i, 6 + 3 * k] = u0
+        params[i, 7 + 3 * k] = u1
+        params[i, 8 + 3 * k] = weights[i, k] * math.exp(-_F2 * _PI * _PI * quad)
+
+
+def gabor_setup(means: torch.Tensor, cov3: torch.Tensor, freqs: torch.Tensor, weights: torch.Tensor,
+                opacities: torch.Tensor, camera):
+    """numba twin of :func:`torch_impl.gabor_setup`."""
+    _require(means, "means", (None, 3))
+    n = means.shape[0]
+    _require(freqs, "freqs", (n, None, 3))
+    _require(weights, "weights", (n, freqs.shape[1]))
+    _require(opacities, "opacities", (n,))
+    proj = project_covariances(means, cov3, camera)
+    view = camera.viewmat.to(device=means.device, dtype=torch.float32).contiguous()
+    params = torch.empty(n, 6 + 3 * freqs.shape[1], dtype=torch.float32, device=means.device)
+    gabor_setup_kernel[_blocks(n), BLOCK_1D](
+        means.contiguous(), cov3.contiguous(), freqs.contiguous(), weights.contiguous(), opacities.contiguous(),
+        view, _f32(camera.fx), _f32(camera.fy), _f32(FOV_CLAMP * camera.tan_fovx), _f32(FOV_CLAMP * camera.tan_fovy),
+        _f32(camera.near), proj.means2d, proj.conics, proj.radii, params)
+    return params, proj

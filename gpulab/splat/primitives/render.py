@@ -23,11 +23,12 @@ from ..render import Gaussians, backend_module, rasterize
 from ..render import render as render_3dgs
 from ..torch_impl import quat_to_rotmat
 from . import kernels, torch_impl
-from .footprints import CONVEX, TRIANGLE
+from .footprints import CONVEX, GABOR, TRIANGLE
 
 __all__ = ["Gaussians4D", "Frame", "stages_for", "project_points", "render_4d", "render_triangles",
            "render_convexes", "gbuffer_features", "render_gbuffer", "resolve_gbuffer", "MeshGaussians", "toy_cylinder",
-           "attach_random", "render_mesh_gaussians", "gaussian_normals", "relit_colours", "corner_gbuffer"]
+           "attach_random", "render_mesh_gaussians", "gaussian_normals", "relit_colours", "corner_gbuffer",
+           "render_gabors"]
 
 
 @dataclass
@@ -107,6 +108,18 @@ def render_4d(scene: Gaussians4D, camera, t: float, backend: str = "auto", backg
     extents = ch06.tile_extents(proj.conics.detach(), opacities_t.detach(), proj.radii)
     params = gaussian_params(proj.means2d, proj.conics, opacities_t)
     return _frame(params, scene.colors, proj.means2d, extents, proj.depths, camera, GAUSSIAN, name, background)
+
+
+def render_gabors(means: torch.Tensor, cov3: torch.Tensor, freqs: torch.Tensor, weights: torch.Tensor,
+                  opacities: torch.Tensor, colors: torch.Tensor, camera, backend: str = "auto",
+                  background=None) -> Frame:
+    """Render Gabor primitives (a 3D Gaussian envelope times weighted cosines; torch_impl.gabor_setup)."""
+    stages, name = stages_for(backend)
+    _refuse_grad_on_numba(name, "render_gabors", means, cov3, freqs, weights, opacities, colors)
+    params, proj = stages.gabor_setup(means, cov3, freqs, weights, opacities, camera)
+    ch06 = ch06_kernels if name == "numba" else ch06_torch
+    extents = ch06.tile_extents(proj.conics.detach(), opacities.detach(), proj.radii)
+    return _frame(params, colors, proj.means2d, extents, proj.depths, camera, GABOR, name, background)
 
 
 def _visible_depths(z: torch.Tensor, camera):

@@ -24,7 +24,8 @@ from ..torch_impl import Projection, conic_and_radius, project_covariance, tile_
 from .constants import F0_DIELECTRIC, MAX_HULL, PAD_OFFSET, TEMPORAL_CULL
 
 __all__ = ["slice_4d", "project_covariances", "triangle_setup", "convex_setup", "convex_hull", "shade_pbr",
-           "mesh_gaussians", "relight", "indirect_diffuse", "fibonacci_hemisphere",
+           "mesh_gaussians", "relight", "indirect_diffuse", "gabor_setup", "project_frequencies",
+           "fibonacci_hemisphere",
            "rotation_4d", "covariance_4d", "plane_rotation_4d", "triangle_frames", "twist"]
 
 
@@ -531,3 +532,59 @@ def indirect_diffuse(pos: torch.Tensor, normal: torch.Tensor, rgb: torch.Tensor,
                 total = total + torch.where(hit[..., None], rgb[iy, ix] * weight, torch.zeros_like(total))
                 alive = alive & ~hit
     return math.pi * total / count * k_d * albedo
+
+
+# ------------------------------------------------------------------ Gabor primitives
+
+def _ewa_map(means_cam: torch.Tensor, view_rot: torch.Tensor, fx: float, fy: float, lim_x: float, lim_y: float):
+    """T = J W [N, 2, 3]: the local affine map from world offsets to pixel offsets (chapter 06's EWA)."""
+    x, y, z = means_cam.unbind(-1)
+    tx = (x / z).clamp(-lim_x, lim_x) * z
+    ty = (y / z).clamp(-lim_y, lim_y) * z
+    zero = torch.zeros_like(z)
+    jac = torch.stack([fx / z, zero, -fx * tx / (z * z), zero, fy / z, -fy * ty / (z * z)], -1).reshape(-1, 2, 3)
+    return jac @ view_rot
+
+
+def project_frequencies(cov3: torch.Tensor, affine: torch.Tensor, freqs: torch.Tensor):
+    """Screen frequencies [N, K, 2] and attenuations [N, K] of world frequencies ``freqs`` [N, K, 3].
+
+    For x ~ N(0, Sigma) and u = T x (T the local affine map), integrating
+    ``N(x) cos(2 pi f . x)`` along the ray (the line of x with T x = u) gives the 2D Gaussian
+    times ``a cos(2 pi f2 . u)``, with the conditional mean E[x | u] = Sigma T^T S2^-1 u
+    (S2 = T Sigma T^T) and the conditional covariance C = Sigma - Sigma T^T S2^-1 T Sigma::
+
+        f2 = S2^-1 T Sigma f,        a = exp(-2 pi^2 f^T C f)
+    """
+    s2 = affine @ cov3 @ affine.transpose(-1, -2)
+    gain = cov3 @ affine.transpose(-1, -2) @ torch.linalg.inv(s2)                 # [N, 3, 2]
+    f2 = freqs @ gain                                                               # [N, K, 2]
+    cond = cov3 - gain @ affine @ cov3
+    quad = torch.einsum("nki,nij,nkj->nk", freqs, cond, freqs)
+    return f2, torch.exp(-2 * math.pi ** 2 * quad.clamp_min(0.0))
+
+
+def gabor_setup(means: torch.Tensor, cov3: torch.Tensor, freqs: torch.Tensor, weights: torch.Tensor,
+                opacities: torch.Tensor, camera):
+    """The Gabor footprint's table [N, 12] (:data:`.footprints.GABOR`) and chapter 06's projection.
+
+    A Gabor primitive is a 3D Gaussian envelope times ``1 - sum_k w_k + sum_k w_k cos(2 pi f_k . (x - mu))``
+    (2 world frequencies ``freqs`` [N, 2, 3], weights ``weights`` [N, 2] in [0, 1], their sum at
+    most 1): this chapter's form of 3DGabSplat's Gaussian-times-cosines kernels (arXiv:2508.05343),
+    chosen so that zero frequencies give back the Gaussian. Each frequency is projected through
+    the covariance's local affine map (:func:`project_frequencies`). Returns (params, Projection).
+    """
+    view = camera.viewmat.to(device=means.device, dtype=means.dtype)
+    proj = project_covariances(means, cov3, camera)
+    cam = means @ view[:3, :3].T + view[:3, 3]
+    z = cam[:, 2]
+    cam = torch.stack([cam[:, 0], cam[:, 1], torch.where(z > camera.near, z, torch.ones_like(z))], -1)
+    affine = _ewa_map(cam, view[:3, :3], camera.fx, camera.fy, FOV_CLAMP * camera.tan_fovx,
+                      FOV_CLAMP * camera.tan_fovy)
+    f2, atten = project_frequencies(cov3, affine, freqs)
+    alive = (proj.radii > 0)[:, None]
+    cols = [proj.means2d, proj.conics, opacities[:, None]]
+    for k in range(freqs.shape[1]):
+        cols += [f2[:, k], (weights[:, k] * atten[:, k])[:, None]]
+    params = torch.cat(cols, -1)
+    return torch.where(alive, params, torch.zeros_like(params)).contiguous(), proj
