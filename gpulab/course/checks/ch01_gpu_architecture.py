@@ -286,6 +286,7 @@ _OCC_CONFIGS = [
     (1024, 65, 0),       # 32 warps x 2304 registers > 64K: does not launch, 0
     (1024, 32, 0),       # 2 blocks
     (96, 40, 20_000),    # 11 blocks (shared memory)
+    (128, 16, 0),        # 4 warps, 512 registers a warp: the 64-warp limit alone, 16 blocks (32 without it)
 ]
 
 
@@ -336,7 +337,7 @@ def _occ_variant(mistake):
         total = shared + (0 if mistake == "no_reserve" else 1024)
         total = total if mistake == "no_rounding" else 128 * math.ceil(total / 128)
         by_shared = 233472 // total if total else 10**9
-        limits = [64 // warps, by_regs, by_shared]
+        limits = [by_regs, by_shared] + ([] if mistake == "no_warp_limit" else [64 // warps])
         if mistake != "no_block_limit":
             limits.append(32)
         return int(min(limits))
@@ -363,6 +364,8 @@ OCCUPANCY = Task(
                      "16384 // registers-per-warp warps, times 4"),
         Hint.matches(_occ_variant_batch("floor_warps"), "a block of 100 threads takes 4 warp slots: round threads / 32 UP"),
         Hint.matches(_occ_variant_batch("no_block_limit"), "an SM holds at most 32 blocks, however small"),
+        Hint.matches(_occ_variant_batch("no_warp_limit"), "an SM holds at most 64 warps (2048 threads), whatever "
+                                                          "the registers and shared memory allow"),
         Hint.matches(_occ_variant_batch("no_rounding"), "shared memory is allocated in 128-byte units: round each block's bytes UP"),
     ],
 )
@@ -560,6 +563,7 @@ OCCUPANCY.planted = [
     Planted("registers counted SM-wide", _occ_planted("sm_wide"), "sub-partitions"),
     Planted("warps rounded down", _occ_planted("floor_warps"), "round threads / 32 UP"),
     Planted("no 32-block limit", _occ_planted("no_block_limit"), "at most 32 blocks"),
+    Planted("no 64-warp limit", _occ_planted("no_warp_limit"), "at most 64 warps"),
     Planted("shared bytes not rounded", _occ_planted("no_rounding"), "128-byte units"),
     Planted("the package's own", lambda t, r, s: arch_occ.occupancy(t, r, s).blocks_per_sm, "instead of computing"),
 ]
