@@ -23,6 +23,8 @@ def _parser() -> argparse.ArgumentParser:
     ch.add_argument("--paths", metavar="NN", help="print the test paths of chapter NN (its tests folder, "
                     "lecture and solution), as `make test CH=NN` uses them")
     ch.add_argument("--ready", action="store_true", help="only the chapters whose status is ready")
+    ch.add_argument("--built", action="store_true",
+                    help="only the chapters whose status is built (tested under the simulator, GPU figures pending)")
 
     ex = sub.add_parser("exercises", help="generate exercises/ from solutions/")
     ex.add_argument("--check", action="store_true", help="only report stale exercises (exit 1 if any)")
@@ -89,7 +91,7 @@ def cmd_chapters(args) -> int:
         print(" ".join(str(p) for p in paths))
         return 0
     for ch in registry.CHAPTERS:
-        if args.ready and not ch.ready:
+        if (args.ready and not ch.ready) or (args.built and ch.status != "built"):
             continue
         print(f"{ch.number}  {ch.slug:<22} {ch.status:<8} {ch.title}")
     return 0

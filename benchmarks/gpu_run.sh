@@ -3,7 +3,8 @@
 #   bash benchmarks/gpu_run.sh LOGDIR STEP [STEP ...]
 # A STEP is "tests:<pytest args>", "nb:<notebook paths>", "bench:NN [--quick]" (runs
 # `gpulab bench NN`, chapter NN's benchmark from the registry), "bench:ready" (every ready
-# chapter's benchmark, one step each) or "script:<path>" (any script); each gets
+# chapter's benchmark, one step each), "bench:built" (every built chapter's: their first
+# GPU figures) or "script:<path>" (any script); each gets
 # its own log in LOGDIR and a one-line summary; STEP_TIMEOUT (seconds, default 600) bounds
 # each step. After every step LOGDIR/../gpu_run.tgz packs the logs and
 # benchmarks/results, so whatever finished comes back even if a later step is cut off.
@@ -14,9 +15,9 @@ mkdir -p "$logdir"
 # gpulab's command line without relying on an installed `gpulab` entry point
 gpulab_cmd() { python3 -c 'import sys; from gpulab_cli import main; sys.exit(main(sys.argv[1:]))' "$@"; }
 steps=()
-for step in "$@"; do   # bench:ready expands to one bench step per ready chapter
-  if [ "$step" = "bench:ready" ]; then
-    for ch in $(gpulab_cmd chapters --ready | awk '{print $1}'); do steps+=("bench:$ch"); done
+for step in "$@"; do   # bench:ready / bench:built expand to one bench step per such chapter
+  if [ "$step" = "bench:ready" ] || [ "$step" = "bench:built" ]; then
+    for ch in $(gpulab_cmd chapters "--${step#bench:}" | awk '{print $1}'); do steps+=("bench:$ch"); done
   else steps+=("$step"); fi
 done
 n=0

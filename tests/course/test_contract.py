@@ -369,3 +369,12 @@ def test_gpulab_chapters_lists_the_registry_without_importing_torch():
     lines = run.stdout.splitlines()
     assert [line.split()[0] for line in lines] == [ch.number for ch in CHAPTERS] and len(lines) == 19
     assert all(line.split()[2] == ch.status for line, ch in zip(lines, CHAPTERS))
+
+
+def test_gpulab_chapters_filters_ready_and_built(capsys):
+    import gpulab_cli
+
+    for flag, status in (("--ready", "ready"), ("--built", "built")):
+        assert gpulab_cli.main(["chapters", flag]) == 0
+        numbers = [line.split()[0] for line in capsys.readouterr().out.splitlines()]
+        assert numbers == [ch.number for ch in CHAPTERS if ch.status == status], flag
