@@ -471,18 +471,11 @@ _SH20, _SH21, _SH22, _SH23, _SH24 = (np.float32(c) for c in SH_C2)
 
 
 @cuda.jit(device=True)
-def _sh9_light(coef, row, use_row, x, y, z, ch):
-    """max(0, sum_j coef[j, ch] Y_j(x, y, z)), coef [9, 3] (use_row False) or coef[row] [9, 3]."""
-    b0, b1, b2, b3 = _SH0, -_SH1 * y, _SH1 * z, -_SH1 * x
-    b4, b5 = _SH20 * x * y, _SH21 * y * z
-    b6 = _SH22 * (_F2 * z * z - x * x - y * y)
-    b7, b8 = _SH23 * x * z, _SH24 * (x * x - y * y)
-    if use_row:
-        c = coef[row]
-    else:
-        c = coef
-    total = (b0 * c[0, ch] + b1 * c[1, ch] + b2 * c[2, ch] + b3 * c[3, ch] + b4 * c[4, ch] + b5 * c[5, ch]
-             + b6 * c[6, ch] + b7 * c[7, ch] + b8 * c[8, ch])
+def _sh9_dot(c, x, y, z, ch):
+    """max(0, sum_j c[j, ch] Y_j(x, y, z)) for SH coefficients c [9, 3] (degree <= 2, 3DGS's basis)."""
+    total = (_SH0 * c[0, ch] - _SH1 * y * c[1, ch] + _SH1 * z * c[2, ch] - _SH1 * x * c[3, ch]
+             + _SH20 * x * y * c[4, ch] + _SH21 * y * z * c[5, ch] + _SH22 * (_F2 * z * z - x * x - y * y) * c[6, ch]
+             + _SH23 * x * z * c[7, ch] + _SH24 * (x * x - y * y) * c[8, ch])
     return max(total, _F0)
 
 
@@ -541,7 +534,8 @@ def relight_kernel(normals, base_color, roughness, viewdirs, visibility, env_sh,
         weight = _TWO_PI * cos_in
         vis = visibility[i, s]
         for ch in range(3):
-            light = _sh9_light(local_sh, i, True, dx, dy, dz, ch) + _sh9_light(env_sh, 0, False, dx, dy, dz, ch) * vis
+            # one device function, one array type: a 2D view of this Gaussian's local SH, the 2D environment
+            light = _sh9_dot(local_sh[i], dx, dy, dz, ch) + _sh9_dot(env_sh, dx, dy, dz, ch) * vis
             term = (base_color[i, ch] / _PI + f_s) * light * weight
             if ch == 0:
                 acc0 += term
