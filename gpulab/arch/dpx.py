@@ -274,9 +274,12 @@ def throughput_kernel(s16x2: bool = True):
         a3 = cast(a0 + 3)
         b = cast(x[t] ^ 5)
         c = cast(x[t] ^ 9)
+        n = int32(iters)
+        k = int32(0)
         cuda.syncthreads()
         start = clock64()
-        for _ in range(iters):
+        while k < n:                # int32 counter: range() over int64 adds a 64-bit count-down
+            k += int32(1)
             a0 = op(a0, b, c)
             a1 = op(a1, b, c)
             a2 = op(a2, b, c)

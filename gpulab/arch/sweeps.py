@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import functools
 
-from numba import cuda, float32
+from numba import cuda, float32, int32
 
 import gpulab
 from .intrinsics import clock64
@@ -81,9 +81,15 @@ def ffma_kernel(ilp: int):
         a = x[t]
         b = x[t] + float32(1.0)         # a bare 1.0 is float64: the chains would be DFMAs, not FFMAs
         c0 = c1 = c2 = c3 = c4 = c5 = c6 = c7 = a
+        n = int32(iters)
+        k = int32(0)
         cuda.syncthreads()
         start = clock64()
-        for _ in range(iters):
+        # an int32 while loop: numba's range() over the int64 argument compiles to a 64-bit
+        # count-down (ISETP.EX/SEL/IADD3/IMAD.X per round, ~20 cycles) that would swamp the
+        # FFMAs; this one unrolls to 16 rounds of FFMAs per 5 loop instructions
+        while k < n:
+            k += int32(1)
             c0 = c0 * a + b
             if ilp > 1:
                 c1 = c1 * a + b
