@@ -23,8 +23,18 @@ doing much of the work through control bits in every instruction (decoded from S
   issues nothing meanwhile;
 * **register file cache** driven by the compiler's reuse bits: a source operand flagged
   ``.reuse`` stays cached for the next instruction that reads the same register in the same
-  operand slot, which then needs no bank read (modelled here as one entry per bank and
-  operand slot, dropped by any other instruction reading that slot).
+  operand slot, which then needs no bank read. The paper's section 5.3.1: one entry per bank,
+  each holding three operand values (one per source slot), six in all; a cached value is
+  gone once another read reaches the same bank in the same slot, hit or not, unless that
+  read sets the reuse bit again (its Listing 4), which is what this model does.
+
+These rules were checked against the paper's text (sections 4, 5.1.2, 5.3, 5.3.1), not only
+its abstract: greedy, then the YOUNGEST warp (its Figure 4: W3 is the youngest, W0 the oldest);
+Yield keeps the warp from issuing in the next cycle (a one-cycle bubble if no other warp is
+ready); one FMUL bubble for two sources in one bank, two for an FFMA with all three. One
+simplification: the paper finds a dependence counter's increment visible only the cycle
+after issue (so the compiler gives such a producer a stall of 2); here it counts at issue,
+which differs only for code that issues the consumer in the very next cycle.
 
 What is simplified here: straight-line loop bodies repeated ``repeat`` times stand in for
 branches; one issue per cycle with no fetch/decode stall (the paper models a stream-buffer
@@ -54,8 +64,8 @@ STALL_MAX = 15            # 4 bits
 BANKS = 2                 # register file banks per sub-core
 
 #: fixed latencies (cycles from issue to result) the model assumes: 4 for every fixed-latency
-#: operation, the usual FP32/integer ALU latency on recent NVIDIA GPUs (an assumption here;
-#: the chapter's GPU run measures FFMA chains against it)
+#: operation (the paper's addition and FFMA take 4; its HADD2 takes 5, so for other ops this
+#: is an assumption; the chapter's GPU run measures FFMA chains against it)
 FIXED_LATENCY = {"default": 4}
 #: a variable-latency producer with no latency given (cycles): an L1 hit, roughly
 DEFAULT_VARIABLE_LATENCY = 32
