@@ -236,15 +236,29 @@ def kernel_resources(kernel, signature) -> tuple[int, int]:
     return int(compiled.regs_per_thread), int(compiled.shared_mem_per_block)
 
 
+#: values the probe keeps live per thread: about 127 registers unless ``max_registers`` caps it
+PROBE_LIVE = 96
+
+
 def occupancy_probe(x, out):
-    """A small kernel body with dynamic shared memory, for comparing the calculator with the
-    driver at several ``max_registers``: ``gpulab.kernel(occupancy_probe, max_registers=64)``.
-    Compiled, never launched by the comparison (the driver answers from the compiled kernel)."""
+    """A kernel body with dynamic shared memory and PROBE_LIVE values live at once (ptxas for
+    sm_90: 127 registers uncapped), so ``gpulab.kernel(occupancy_probe, max_registers=m)``
+    compiles to m registers for m up to ~127 (spilling the rest): the comparison with the
+    driver then covers register counts that are not multiples of 8 (the per-warp 256-register
+    granularity). Compiled, never launched by the comparison (the driver answers from the
+    compiled kernel)."""
     buf = cuda.shared.array(0, dtype=float32)
     i = cuda.grid(1)
     if i < x.size:
         buf[cuda.threadIdx.x] = x[i]
-        acc = x[i]
-        for k in range(16):          # enough live values to use some registers
-            acc = acc * buf[cuda.threadIdx.x] + k
-        out[i] = acc
+        acc = cuda.local.array(PROBE_LIVE, dtype=float32)
+        for j in range(PROBE_LIVE):
+            acc[j] = x[i] + float32(j)
+        for k in range(8):
+            s = buf[cuda.threadIdx.x]
+            for j in range(PROBE_LIVE):
+                acc[j] = acc[j] * s + float32(k)
+        total = float32(0.0)
+        for j in range(PROBE_LIVE):
+            total += acc[j]
+        out[i] = total
