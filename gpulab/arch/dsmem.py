@@ -1,16 +1,22 @@
 """Distributed shared memory: a block reads the shared memory of another block of its cluster.
 
 Hopper groups blocks into *clusters* (up to 8 portably) that run on SMs of one GPC; a block
-can map a peer's shared memory into its own address space (``mapa.shared::cluster``) and
-load from it (``ld.shared::cluster``). The Hopper paper (arXiv 2402.13499) times this on an
-H800 with a pointer chase: about 33 cycles for the block's own shared memory, 180-207 for a
-peer's (its figures; the H200's come with this chapter's GPU run).
+can map a peer's shared memory into its own address space (``mapa``, here on a generic
+address, as cooperative groups' ``cluster.map_shared_rank`` does) and load from it. The
+Hopper paper (arXiv 2402.13499) times this on an H800 with a pointer chase: about 33 cycles
+for the block's own shared memory, 180-207 for a peer's (as issue 16 quotes them; the
+H200's come with this chapter's GPU run).
+
+Why a generic address: with ``mapa.shared::cluster.u32`` and ``ld.shared::cluster`` on the
+32-bit address, ptxas (sm_90) rebuilt a 64-bit window address on every hop (LEA, two MOVs,
+about 11 cycles before the load); through the generic pointer a hop is one IMAD.WIDE.U32
+and the load, as in the global-memory chase.
 
 numba can neither launch a cluster nor emit these instructions, so this is a CUDA C++
 kernel (:data:`SOURCE`, PTX inline, no headers) compiled by ``cuda.core.Program`` and
 launched with ``cuda.core.LaunchConfig(grid=1, cluster=2, ...)`` (with a cluster, ``grid``
 counts clusters). Block 0 chases a chain stored in the shared memory of block ``target``
-(0: its own, through the same ``ld.shared::cluster`` instruction; 1: its peer's), then both
+(0: its own, through the same mapped generic load; 1: its peer's), then both
 blocks meet at a cluster barrier so block 1's memory outlives the reads.
 
 Under the simulator there is no cluster: :func:`shared_chain` and :func:`follow` (the
@@ -39,15 +45,17 @@ __device__ __forceinline__ unsigned cluster_rank() {
 __device__ __forceinline__ void cluster_sync() {
     asm volatile("barrier.cluster.arrive;\n\tbarrier.cluster.wait;" ::: "memory");
 }
-__device__ __forceinline__ unsigned map_to_rank(const void* p, unsigned rank) {
-    unsigned local = (unsigned)__cvta_generic_to_shared(p), mapped;
-    asm volatile("mapa.shared::cluster.u32 %0, %1, %2;" : "=r"(mapped) : "r"(local), "r"(rank));
-    return mapped;
+// a generic pointer to the same word in block `rank`'s shared memory (mapa on a generic
+// address, as cooperative_groups' cluster.map_shared_rank does): loads through it are plain
+// generic loads, one IMAD.WIDE of address arithmetic a hop
+__device__ __forceinline__ const unsigned* map_to_rank(const unsigned* p, unsigned rank) {
+    unsigned long long mapped;
+    asm volatile("mapa.u64 %0, %1, %2;" : "=l"(mapped) : "l"(p), "r"(rank));
+    return reinterpret_cast<const unsigned*>(mapped);
 }
-__device__ __forceinline__ unsigned load_cluster(unsigned address) {
-    unsigned v; asm volatile("ld.shared::cluster.u32 %0, [%1];" : "=r"(v) : "r"(address) : "memory"); return v;
+__device__ __forceinline__ unsigned load_word(const unsigned* p) {
+    unsigned v; asm volatile("ld.u32 %0, [%1];" : "=r"(v) : "l"(p) : "memory"); return v;
 }
-
 // chain: n word indices (one cycle); out[0] = last index, out[1] = cycles of `steps` loads
 extern "C" __global__ void dsmem_chase(const unsigned* chain, int n, int steps, int target,
                                        unsigned long long* out) {
@@ -55,11 +63,11 @@ extern "C" __global__ void dsmem_chase(const unsigned* chain, int n, int steps, 
     for (int i = threadIdx.x; i < n; i += blockDim.x) words[i] = chain[i];
     cluster_sync();                                   // every block's copy is in place
     if (cluster_rank() == 0 && threadIdx.x == 0) {
-        unsigned base = map_to_rank(words, (unsigned)target);
+        const unsigned* base = map_to_rank(words, (unsigned)target);
         unsigned j = 0;
-        for (int k = 0; k < steps; ++k) j = load_cluster(base + 4u * j);     // warm-up
+        for (int k = 0; k < steps; ++k) j = load_word(base + j);     // warm-up
         long long c0 = clock64();
-        for (int k = 0; k < steps; ++k) j = load_cluster(base + 4u * j);
+        for (int k = 0; k < steps; ++k) j = load_word(base + j);
         if ((int)j < 0) j = 0;                        // a use of j: the clock waits for the last load
         long long c1 = clock64();
         out[0] = j;

@@ -50,7 +50,7 @@ def test_dpx_errors():
 def test_dsmem_chain_and_source():
     chain = dsmem.shared_chain(64, torch.Generator().manual_seed(2))
     assert is_one_cycle(chain) and dsmem.follow(chain, 64) == 0
-    for ptx in ("mapa.shared::cluster", "ld.shared::cluster", "barrier.cluster", "%cluster_ctarank"):
+    for ptx in ("mapa.u64", "ld.u32", "barrier.cluster", "%cluster_ctarank"):
         assert ptx in dsmem.SOURCE
     with pytest.raises(ValueError, match="words"):
         dsmem.shared_chain(1)
