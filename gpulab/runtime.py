@@ -96,6 +96,39 @@ SIMULATOR: bool = not ON_GPU
 #: the torch device that kernel inputs live on: CUDA on a GPU, CPU under the simulator
 device = torch.device("cuda" if ON_GPU else "cpu")
 
+def _make_simulated_shared_arrays_thread_safe() -> None:
+    """numba's simulator gives each block's threads one NumPy array per
+    ``cuda.shared.array`` line, made by the first thread that gets there: it looks the line
+    up in a dict and, if absent, makes and stores the array. Two threads preempted between
+    the look-up and the store each make their own "shared" array, and the block silently
+    computes with two (seen as a correct persistent GEMM giving wrong rows on a loaded
+    machine). ``dict.setdefault`` makes the look-up and the store one step, so every thread
+    of a block gets the same array."""
+    import numpy as np
+    from numba.cuda.simulator import kernelapi
+
+    numba_types, numpy_support = kernelapi.types, kernelapi.numpy_support   # the ones numba's uses
+
+    def array(shared, shape, dtype, alignment=None):
+        if alignment is not None:
+            raise RuntimeError("Array alignment is not supported in cudasim")
+        if isinstance(dtype, numba_types.Type):
+            dtype = numpy_support.as_dtype(dtype)
+        if shape == 0:   # dynamic shared memory: one buffer for every such call
+            count = shared._dynshared_size // dtype.itemsize
+            return np.frombuffer(shared._dynshared.data, dtype=dtype, count=count)
+        caller = sys._getframe(1)   # static allocations are keyed by the calling line, as numba's are
+        key = (caller.f_code.co_filename, caller.f_lineno)
+        found = shared._allocations.get(key)
+        return found if found is not None else shared._allocations.setdefault(key, np.empty(shape, dtype))
+
+    array.__doc__ = kernelapi.FakeCUDAShared.array.__doc__
+    kernelapi.FakeCUDAShared.array = array
+
+
+if SIMULATOR:
+    _make_simulated_shared_arrays_thread_safe()
+
 if SIMULATOR and os.environ.get("GPULAB_QUIET", "0") != "1":
     print(
         "gpulab: no CUDA GPU in use; numba.cuda kernels run on the CUDA simulator "

@@ -825,8 +825,9 @@ class _Hooks:
                 if ary is None:
                     if isinstance(dtype, _numba_types().Type):
                         dtype = _numpy_support().as_dtype(dtype)
-                    ary = np.empty(shape, dtype)
-                    shared._allocations[key] = ary
+                    # setdefault: two threads that both found none get the same array
+                    # (gpulab.runtime says why a look-up then a store is not enough)
+                    ary = shared._allocations.setdefault(key, np.empty(shape, dtype))
             launch = hooks.current
             if launch is not None:
                 base = ary.__array_interface__["data"][0]

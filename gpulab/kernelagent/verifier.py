@@ -891,7 +891,11 @@ class Verifier:
         if events_s > 1.05 * wall_s + 1e-3:
             mismatch = (f"the timed runs claim {events_s * 1e3:.4g} ms but only {wall_s * 1e3:.4g} ms passed "
                         "here: the timer was not the worker's")
-        elif gap > 4 * ref_gap + 0.25 + 3 * max(times) / 1e3:   # the warm-up calls are in it too
+        # the warm-up calls are in the gap too. Under the simulator the "events" are this
+        # host's own clock around each call and a simulated launch's cost swings with the
+        # machine's load (0.47 s of gap for an honest kernel's warm-ups in a loaded CI run),
+        # so only a GPU's events get the tight slack
+        elif gap > 4 * ref_gap + (0.25 if runtime.ON_GPU else 2.0) + 3 * max(times) / 1e3:
             mismatch = (f"{gap:.3g} s of host time outside the timed calls, against {ref_gap:.3g} s for the "
                         "reference timed the same way: work the events did not see")
         return {"shape": list(shape), "candidate": cand.as_dict(), "reference": ref["summary"].as_dict(),

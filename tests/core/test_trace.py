@@ -452,3 +452,37 @@ def test_uncoalesced_and_bank_conflicted_elements_are_ringed():
     shared = [d for d in traceviz.access_figure(t, launch=1, kind="read").data
               if d.name == "in a bank-conflicted warp access"]
     assert len(shared) == 1 and len(shared[0].x) == 32 * 32   # every read of the unpadded tile
+
+
+@gpulab.kernel
+def sums_a_shared_row(out):
+    row = cuda.shared.array(32, dtype=float32)
+    t = cuda.threadIdx.x
+    row[t] = t
+    cuda.syncthreads()
+    total = float32(0.0)
+    for i in range(32):
+        total += row[i]
+    out[cuda.blockIdx.x, t] = total
+
+
+@sim_only
+def test_the_threads_of_a_block_share_one_shared_array_even_when_preempted():
+    # the simulator makes a block's shared array on the first thread's call; a thread
+    # preempted between the look-up and the store once made a second one (a correct
+    # persistent GEMM then gave wrong rows on a loaded machine). Switching threads as often
+    # as possible made that happen in every traced launch of that GEMM before the fix
+    import sys
+    interval = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)
+    try:
+        for traced in (False, True):
+            out = torch.zeros(40, 32)
+            if traced:
+                with gpulab.trace():
+                    sums_a_shared_row[40, 32](out)
+            else:
+                sums_a_shared_row[40, 32](out)
+            assert torch.all(out == 496), f"traced={traced}: {int((out != 496).sum())} sums saw another array"
+    finally:
+        sys.setswitchinterval(interval)
