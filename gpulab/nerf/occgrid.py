@@ -49,6 +49,7 @@ STEP_INSTANT_NGP = math.sqrt(3) / 1024      # per unit of box size: 1024 steps a
 STEP_NERFACC = 5e-3
 CONE_ANGLE_UNBOUNDED = 0.004
 BLOCK = 128
+_ZERO = np.float32(0.0)
 
 
 # ------------------------------------------------------------------ bits
@@ -224,13 +225,14 @@ def march_dense(grid: OccupancyGrid, origins: torch.Tensor, dirs: torch.Tensor, 
 @cuda.jit(device=True)
 def _cell_state(px, py, pz, aabbs, bitfield, res):
     """(occupied, level, cx, cy, cz) of the finest level holding the point; level -1 if none."""
+    cells = np.float32(res)                # float32 x int64 would be float64 on the GPU
     for lvl in range(aabbs.shape[0]):
         lo_x, lo_y, lo_z = aabbs[lvl, 0], aabbs[lvl, 1], aabbs[lvl, 2]
         hi_x, hi_y, hi_z = aabbs[lvl, 3], aabbs[lvl, 4], aabbs[lvl, 5]
         if lo_x <= px < hi_x and lo_y <= py < hi_y and lo_z <= pz < hi_z:
-            cx = min(max(int(math.floor((px - lo_x) / (hi_x - lo_x) * res)), 0), res - 1)
-            cy = min(max(int(math.floor((py - lo_y) / (hi_y - lo_y) * res)), 0), res - 1)
-            cz = min(max(int(math.floor((pz - lo_z) / (hi_z - lo_z) * res)), 0), res - 1)
+            cx = min(max(int(math.floor((px - lo_x) / (hi_x - lo_x) * cells)), 0), res - 1)
+            cy = min(max(int(math.floor((py - lo_y) / (hi_y - lo_y) * cells)), 0), res - 1)
+            cz = min(max(int(math.floor((pz - lo_z) / (hi_z - lo_z) * cells)), 0), res - 1)
             index = (cx * res + cy) * res + cz
             bit = (bitfield[lvl, index >> 3] >> (index & 7)) & 1
             return bit == 1, lvl, cx, cy, cz
@@ -240,9 +242,9 @@ def _cell_state(px, py, pz, aabbs, bitfield, res):
 @cuda.jit(device=True)
 def _axis_exit(o, d, lo, hi):
     """Distance along the ray to the face of [lo, hi] it leaves through, on one axis."""
-    if d > 0:
+    if d > _ZERO:
         return (hi - o) / d
-    if d < 0:
+    if d < _ZERO:
         return (lo - o) / d
     return np.float32(1e30)
 
@@ -259,7 +261,7 @@ def march_kernel(origins, dirs, t_min, t_max, aabbs, bitfield, res, step, cone_a
     n, looked, k = 0, 0, 0
     while t < end:
         dt = step
-        if cone_angle > 0:
+        if cone_angle > _ZERO:
             dt = min(max(t * cone_angle, step), np.float32(1e10))
         t_end = min(t + dt, end)
         mid = (t + t_end) * np.float32(0.5)
@@ -270,16 +272,20 @@ def march_kernel(origins, dirs, t_min, t_max, aabbs, bitfield, res, step, cone_a
                 t_starts[offsets[r] + n] = t
                 t_ends[offsets[r] + n] = t_end
             n += 1
-        if occupied or lvl < 0 or cone_angle > 0 or not skip:
+        if occupied or lvl < 0 or cone_angle > _ZERO or not skip:
             k += 1
-            t = t + dt if cone_angle > 0 else t_min[r] + np.float32(k) * step
+            t = t + dt if cone_angle > _ZERO else t_min[r] + np.float32(k) * step
             continue
         # an empty cell: the first lattice point whose midpoint may lie past the cell's exit,
         # less one (a whole step of margin against rounding: never skip an occupied sample)
-        size_x = (aabbs[lvl, 3] - aabbs[lvl, 0]) / res
-        size_y = (aabbs[lvl, 4] - aabbs[lvl, 1]) / res
-        size_z = (aabbs[lvl, 5] - aabbs[lvl, 2]) / res
-        lo_x, lo_y, lo_z = aabbs[lvl, 0] + cx * size_x, aabbs[lvl, 1] + cy * size_y, aabbs[lvl, 2] + cz * size_z
+        # (all float32: an int64 cell index or resolution in the product would make it float64)
+        cells = np.float32(res)
+        size_x = (aabbs[lvl, 3] - aabbs[lvl, 0]) / cells
+        size_y = (aabbs[lvl, 4] - aabbs[lvl, 1]) / cells
+        size_z = (aabbs[lvl, 5] - aabbs[lvl, 2]) / cells
+        lo_x = aabbs[lvl, 0] + np.float32(cx) * size_x
+        lo_y = aabbs[lvl, 1] + np.float32(cy) * size_y
+        lo_z = aabbs[lvl, 2] + np.float32(cz) * size_z
         t_exit = min(_axis_exit(ox, dx, lo_x, lo_x + size_x),
                      min(_axis_exit(oy, dy, lo_y, lo_y + size_y), _axis_exit(oz, dz, lo_z, lo_z + size_z)))
         k_next = int(math.ceil((t_exit - t_min[r]) / step - np.float32(0.5))) - 1
