@@ -22,9 +22,11 @@ within the 48 KiB of static shared memory. A key *block* (the block table's unit
 SLA) is walked in *sub-tiles* that fit shared memory: FastAttention's two-level tiling.
 
 These kernels are the course's FP32, no-tensor-core versions: one thread per query row
-keeps its whole accumulator (d floats) in registers or local memory. That is simple and
-easy to check, not the fastest layout (FlashAttention2 splits a row's work across a warp and
-uses tensor cores).
+keeps its whole accumulator (d floats). The head-dimension loops run to the compile-time
+d_max, so they unroll: at d <= 64 the row (q and acc) stays in registers (sm_90 PTX: no
+local loads in the key loop); at d = 128 the 256 floats exceed the register file per thread
+and live in local memory (L1). That is simple and easy to check, not the fastest layout
+(FlashAttention2 splits a row's work across a warp and uses tensor cores).
 """
 from __future__ import annotations
 
@@ -58,8 +60,9 @@ _CAUSAL_CODE = {None: 0, "top_left": 1, "bottom_right": 1}
 
 
 def _d_max(d: int) -> int:
-    """The compiled head size: the smallest of 16, 32, 64, 128 that holds d."""
-    for size in (16, 32, 64, MAX_D):
+    """The compiled head size: the smallest of 4, 8, ..., 128 that holds d (the kernels loop
+    to it, so that the loops unroll and a row stays in registers)."""
+    for size in (4, 8, 16, 32, 64, MAX_D):
         if d <= size:
             return size
     raise ValueError(f"head dimension d = {d} is larger than the kernels support ({MAX_D})")
@@ -81,49 +84,56 @@ def tiles_for(d: int, blk_k: int = BLK_K) -> int:
 
 def _make_tile_step(blk_q, sub, d_max):
     """The device function shared by the dense, sparse and SLA kernels: stage one key
-    sub-tile in shared memory and apply the online softmax update to this thread's row."""
+    sub-tile in shared memory and apply the online softmax update to this thread's row.
+
+    Every loop over the head dimension runs to the compile-time ``d_max`` (the columns past
+    ``d`` are zeros in q_r, k_s and v_s, so they add nothing): the compiler then unrolls them
+    and keeps ``q_r`` and ``acc`` in registers instead of local memory. Every constant is a
+    float32: a bare ``0.0`` or ``-math.inf`` would turn the whole update into float64."""
+    neg_inf = float32(-math.inf)
+
     @cuda.jit(device=True)
     def tile_step(k, v, bh, start, nk, k_s, v_s, q_r, acc, p, state, live, row, row_first, causal, offset, d):
         t = cuda.threadIdx.x
         cuda.syncthreads()                       # every thread is done with the previous tile
-        for idx in range(t, sub * d, blk_q):     # the block loads the tile together, coalesced
-            r = idx // d
-            c = idx - r * d
+        for idx in range(t, sub * d_max, blk_q):  # the block loads the tile together, coalesced
+            r = idx // d_max                     # d_max is a power of two: a shift
+            c = idx - r * d_max
             j = start + r
-            if j < nk:
+            if j < nk and c < d:
                 k_s[r, c] = k[bh, j, c]
                 v_s[r, c] = v[bh, j, c]
-            else:                                # ragged end: zeros (the scores are masked anyway)
-                k_s[r, c] = 0.0
-                v_s[r, c] = 0.0
+            else:                                # ragged end and padding columns: zeros
+                k_s[r, c] = float32(0.0)
+                v_s[r, c] = float32(0.0)
         cuda.syncthreads()
         if not live:
             return
         # a mask from indices only where the tile crosses the end or the diagonal
         interior = start + sub <= nk and (causal == 0 or start + sub - 1 <= row_first + offset)
-        tile_max = -math.inf
+        tile_max = neg_inf
         for r in range(sub):
             s = float32(0.0)
-            for c in range(d):
+            for c in range(d_max):
                 s += q_r[c] * k_s[r, c]
             if not interior:
                 j = start + r
                 if j >= nk or (causal != 0 and j > row + offset):
-                    s = -math.inf
+                    s = neg_inf
             p[r] = s
             tile_max = max(tile_max, s)
         m_old = state[0]
         m_new = max(m_old, tile_max)
-        if m_new == -math.inf:                   # nothing visible yet: nothing to add
+        if m_new == neg_inf:                     # nothing visible yet: nothing to add
             return
         alpha = math.exp2(m_old - m_new)         # 0 on the first visible tile (m_old = -inf)
         l = state[1] * alpha
-        for c in range(d):
+        for c in range(d_max):
             acc[c] *= alpha                      # rescale what was summed under the old max
         for r in range(sub):
             e = math.exp2(p[r] - m_new)
             l += e
-            for c in range(d):
+            for c in range(d_max):
                 acc[c] += e * v_s[r, c]
         state[0] = m_new
         state[1] = l
@@ -132,24 +142,28 @@ def _make_tile_step(blk_q, sub, d_max):
 
 
 def _make_prologue_epilogue(d_max):
+    ln2 = float32(LN2)
+
     @cuda.jit(device=True)
     def load_row(q, bh, row, live, scale_log2, q_r, acc, d):
-        for c in range(d):
-            q_r[c] = q[bh, row, c] * scale_log2 if live else 0.0   # scores come out in log2 units
-            acc[c] = 0.0
+        scale = float32(scale_log2)
+        for c in range(d_max):                   # zeros past d (see tile_step)
+            q_r[c] = q[bh, row, c] * scale if live and c < d else float32(0.0)   # scores in log2 units
+            acc[c] = float32(0.0)
 
     @cuda.jit(device=True)
     def store_row(o, lse, bh, row, acc, state, d):
         l = state[1]
-        if l == 0.0:                             # the row saw no key: O = 0, LSE = -inf (not NaN)
+        if l == float32(0.0):                    # the row saw no key: O = 0, LSE = -inf (not NaN)
             for c in range(d):
-                o[bh, row, c] = 0.0
-            lse[bh, row] = -math.inf
+                o[bh, row, c] = float32(0.0)
+            lse[bh, row] = float32(-math.inf)
         else:
-            inv = 1.0 / l
-            for c in range(d):
-                o[bh, row, c] = acc[c] * inv
-            lse[bh, row] = (state[0] + math.log2(l)) * LN2
+            inv = float32(1.0) / l
+            for c in range(d_max):
+                if c < d:
+                    o[bh, row, c] = acc[c] * inv
+            lse[bh, row] = (state[0] + math.log2(l)) * ln2
 
     return load_row, store_row
 
@@ -254,23 +268,23 @@ def _merge_kernel(o_parts, lse_parts, o, lse):
     if row >= o.shape[0]:
         return
     n_parts, d = o_parts.shape[0], o.shape[1]
-    m = -math.inf
+    m = float32(-math.inf)                       # float32 constants: no float64 arithmetic
     for p in range(n_parts):
         m = max(m, lse_parts[p, row])
-    if m == -math.inf:                           # empty in every part
+    if m == float32(-math.inf):                  # empty in every part
         for c in range(d):
-            o[row, c] = 0.0
-        lse[row] = -math.inf
+            o[row, c] = float32(0.0)
+        lse[row] = float32(-math.inf)
         return
-    total = 0.0
+    total = float32(0.0)
     for p in range(n_parts):
         total += math.exp(lse_parts[p, row] - m)  # exp(-inf) = 0: an empty part weighs nothing
     log_total = m + math.log(total)
     for c in range(d):
-        acc = 0.0
+        acc = float32(0.0)
         for p in range(n_parts):
             w = math.exp(lse_parts[p, row] - log_total)
-            if w > 0.0:
+            if w > float32(0.0):
                 acc += w * o_parts[p, row, c]
         o[row, c] = acc
     lse[row] = log_total
@@ -301,11 +315,11 @@ def _feature_kernel(x, out, code):
     if row >= x.shape[0]:
         return
     d = x.shape[1]
-    if code == 2:
-        m = -math.inf
+    if code == 2:                                # float32 constants: no float64 arithmetic
+        m = float32(-math.inf)
         for c in range(d):
             m = max(m, x[row, c])
-        total = 0.0
+        total = float32(0.0)
         for c in range(d):
             total += math.exp(x[row, c] - m)
         for c in range(d):
@@ -314,9 +328,9 @@ def _feature_kernel(x, out, code):
     for c in range(d):
         val = x[row, c]
         if code == 0:
-            out[row, c] = val + 1.0 if val > 0.0 else math.exp(val)   # elu(x) + 1
+            out[row, c] = val + float32(1.0) if val > float32(0.0) else math.exp(val)   # elu(x) + 1
         else:
-            out[row, c] = max(val, 0.0)
+            out[row, c] = max(val, float32(0.0))
 
 
 def feature_map(x, feature="elu"):
@@ -340,12 +354,12 @@ def _chunk_state_kernel(fk, v, h, z, chunk):
         return
     first = ch * chunk
     last = min(n, first + chunk)
-    zc = 0.0
+    zc = float32(0.0)
     for j in range(first, last):
         zc += fk[bh, j, c]
     z[bh, ch, c] = zc
     for e in range(dv):
-        acc = 0.0
+        acc = float32(0.0)
         for j in range(first, last):
             acc += fk[bh, j, c] * v[bh, j, e]
         h[bh, ch, c, e] = acc
@@ -361,8 +375,8 @@ def _exclusive_scan_kernel(h, z, hp, zp):
     bh = i // (d * dv)
     c = (i // dv) % d
     e = i % dv
-    run = 0.0
-    runz = 0.0
+    run = float32(0.0)
+    runz = float32(0.0)
     for ch in range(n_chunks):
         hp[bh, ch, c, e] = run
         run += h[bh, ch, c, e]
@@ -372,6 +386,8 @@ def _exclusive_scan_kernel(h, z, hp, zp):
 
 
 def _make_linear_out(d_max):
+    eps = float32(LINEAR_EPS)
+
     @kernel
     def linear_out(fq, fk, v, hp, zp, o, chunk, causal):
         """One thread per query: the state of the earlier chunks (or of all keys) applied to
@@ -383,8 +399,8 @@ def _make_linear_out(d_max):
         ch = row // chunk if causal != 0 else 0
         num = cuda.local.array(d_max, float32)
         for e in range(dv):
-            num[e] = 0.0
-        den = 0.0
+            num[e] = float32(0.0)
+        den = float32(0.0)
         for c in range(d):
             f = fq[bh, row, c]
             den += f * zp[bh, ch, c]
@@ -392,13 +408,13 @@ def _make_linear_out(d_max):
                 num[e] += f * hp[bh, ch, c, e]
         if causal != 0:
             for j in range(ch * chunk, row + 1):
-                w = 0.0
+                w = float32(0.0)
                 for c in range(d):
                     w += fq[bh, row, c] * fk[bh, j, c]
                 den += w
                 for e in range(dv):
                     num[e] += w * v[bh, j, e]
-        inv = 1.0 / (den + LINEAR_EPS)
+        inv = float32(1.0) / (den + eps)
         for e in range(dv):
             o[bh, row, e] = num[e] * inv
 
@@ -455,6 +471,7 @@ def sla_kernel_for(blk_q: int, blk_k: int, sub: int, d_max: int, rows: int):
     ``n_excl``); ``hb, zb`` are every key block's ``h_j, z_j`` and ``htot, ztot`` their totals."""
     D_PAD = d_max + 1
     n_sub = blk_k // sub
+    eps = float32(LINEAR_EPS)
     tile_step = _make_tile_step(blk_q, sub, d_max)
     load_row, store_row = _make_prologue_epilogue(d_max)
 
@@ -488,17 +505,19 @@ def sla_kernel_for(blk_q: int, blk_k: int, sub: int, d_max: int, rows: int):
         if live:
             store_row(o_s, lse, bh, row, acc, state, d)
         # 2. the marginal blocks' state: totals minus the critical and negligible blocks
-        for c in range(d):
-            lin[c] = 0.0
-        den = 0.0
+        for c in range(d_max):
+            lin[c] = float32(0.0)
+        den = float32(0.0)
         excluded = n_excl[bh, qb]
         for c0 in range(0, d, rows):
             cuda.syncthreads()
-            for idx in range(t, rows * d, blk_q):
-                r = idx // d
-                e = idx - r * d
+            for idx in range(t, rows * d_max, blk_q):   # columns past d: zeros (see tile_step)
+                r = idx // d_max
+                e = idx - r * d_max
                 c = c0 + r
-                if c < d:
+                if e >= d:
+                    h_s[r, e] = float32(0.0)
+                elif c < d:
                     val = htot[bh, c, e]
                     for b in range(excluded):
                         val -= hb[bh, lut[bh, qb, b], c, e]
@@ -517,14 +536,15 @@ def sla_kernel_for(blk_q: int, blk_k: int, sub: int, d_max: int, rows: int):
                     if c < d:
                         f = fq[bh, row, c]
                         den += f * z_s[r]
-                        for e in range(d):
+                        for e in range(d_max):
                             lin[e] += f * h_s[r, e]
         if live:
             # no marginal block: O_l = 0 exactly (thu-ml/SLA's `topk < N_BLOCKS` branch), not
             # the rounding left over from totals minus every block, divided by 1e-5
-            inv = 1.0 / (den + LINEAR_EPS) if excluded < hb.shape[1] else 0.0
-            for e in range(d):
-                o_l[bh, row, e] = lin[e] * inv
+            inv = float32(1.0) / (den + eps) if excluded < hb.shape[1] else float32(0.0)
+            for e in range(d_max):
+                if e < d:
+                    o_l[bh, row, e] = lin[e] * inv
 
     return sla_fwd
 
