@@ -83,6 +83,19 @@ def test_chapter_11_uses_the_core():
     assert "_core.multiply" in moe.grouped_gemm_kernel.source
 
 
+def test_numba_can_type_the_core():
+    """Kernels call ``core.multiply(...)``: numba's compiler must type ``core`` (the
+    simulator runs Python and would not notice; a SimpleNamespace failed on the GPU)."""
+    from numba import types
+    from numba.core.registry import cpu_target
+
+    from gpulab.gemm.tiling import make_core
+    core = make_core(K.REGTILE_2D)
+    # the typing context resolves a global's type as numba's compiler does
+    assert isinstance(cpu_target.typing_context.resolve_value_type(core), types.Module)
+    assert core.cfg == K.REGTILE_2D and callable(core.multiply)
+
+
 @pytest.mark.gpu
 @pytest.mark.parametrize("name", K.KERNELS)
 def test_gpu_full_size_kernels_match_torch(name):
@@ -124,8 +137,10 @@ def _ptx_counts(ptx: str) -> dict:
 
 @pytest.mark.gpu
 def test_gpu_chapter_11_kernel_compiles_as_before_the_move():
-    """The grouped GEMM built on the core compiles to the instructions of the kernel the
-    H200 timed before the move (kept verbatim in moe_kernel_before_move.py)."""
+    """The grouped GEMM built on the core compiles to the loads, stores, barriers and FMAs
+    of the kernel the H200 timed before the move (kept verbatim in
+    moe_kernel_before_move.py), in no more instructions (the core's int32 k counter drops a
+    wrap-around fix-up: sm_90 SASS 87 instructions a k step against 103)."""
     import importlib.util
     from pathlib import Path
 
@@ -145,4 +160,4 @@ def test_gpu_chapter_11_kernel_compiles_as_before_the_move():
                "st.local.f32"):   # local: the micro-tile stayed in registers (the inlining worked)
         assert counts["now"].get(op, 0) == counts["before"].get(op, 0), (op, counts)
     total_before, total_now = sum(counts["before"].values()), sum(counts["now"].values())
-    assert abs(total_now - total_before) <= 0.02 * total_before, (total_before, total_now)
+    assert total_now <= total_before, (total_before, total_now)
