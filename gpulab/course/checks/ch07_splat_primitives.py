@@ -145,12 +145,17 @@ def task2_inputs(size, gen: torch.Generator):
     the first on the first triangle's incentre."""
     n, m = size
     verts = torch.rand(n, 3, 2, generator=gen, dtype=torch.float64) * 30
+    # a long thin triangle (edges 28, 27 and 4 long) with the second pixel inside it: there
+    # edge functions that are not unit length change which edge is nearest and the ratio,
+    # where near-equilateral random ones may agree with unit ones
+    verts[1] = torch.tensor([[0.0, 0.0], [28.0, 0.0], [1.0, 4.0]], dtype=torch.float64)
     sigmas = 0.01 + torch.exp(0.6 * torch.randn(n, generator=gen, dtype=torch.float64))
     pixels = torch.rand(m, 2, generator=gen, dtype=torch.float64) * 34 - 2
     params, _, _ = PT.triangle_setup(verts, sigmas, torch.ones(n, dtype=torch.float64), 64, 64)
     a, b, c = verts[0]
     la, lb, lc = (b - c).norm(), (c - a).norm(), (a - b).norm()
     pixels[0] = (la * a + lb * b + lc * c) / (la + lb + lc)
+    pixels[1] = torch.tensor([8.0, 1.0], dtype=torch.float64)
     return verts.float(), sigmas.float(), pixels.float()
 
 
