@@ -250,6 +250,12 @@ def task3_inputs(size, gen: torch.Generator):
     depths[0], deltas[0], sigmas[0] = 1.0, 60.0, 0.003
     pixels = torch.rand(m, 2, generator=gen, dtype=torch.float64) * 40 - 4
     pixels[-1] = centre[0, 0] + torch.tensor([26.0, 1.0], dtype=torch.float64)   # delta' L ~ 1000 there
+    if n > 1 and m > 1:
+        # a soft second convex (delta' = 0.3) and a pixel at its points' centre, where the edge
+        # distances are alike: log-sum-exp exceeds their max by about log(edges) / delta'
+        # (several pixels of phi), so a max alone shows on every seed
+        depths[1], deltas[1], sigmas[1] = 1.0, 0.3, 1.0
+        pixels[0] = pts[1].mean(0)
     return (normals.float(), offsets.float(), count.to(torch.int32), depths.float(), deltas.float(), sigmas.float(),
             pixels.float())
 
